@@ -1,0 +1,47 @@
+# The two commands of the README, and what they need. Each target sets itself up.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := mosquitto influxdb
+# Arguments passed through, e.g. `make lab ARGS="--config lab.toml"` or `make test PYTEST="-k mppt"`.
+ARGS ?=
+PYTEST ?=
+
+.PHONY: lab test bench lint setup system clean
+
+lab: setup
+	$(PY) -m soclab.cloud.lab $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST)
+
+bench: setup
+	$(PY) bench/ingest.py $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+setup: system $(VENV)/.installed
+
+# Debian/Ubuntu packages: the local broker and database (not started as services here; soclab
+# starts its own instances on free ports) and what `python3 -m venv` needs.
+system:
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v influxd >/dev/null || missing="$$missing influxdb"; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing \
+	    && { $$sudo systemctl disable --now mosquitto influxdb >/dev/null 2>&1 || true; }; \
+	fi
+
+$(VENV)/.installed: requirements/dev.txt requirements/constraints.txt schemas/pyproject.toml edge/pyproject.toml cloud/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -r requirements/dev.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

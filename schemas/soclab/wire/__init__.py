@@ -1,0 +1,28 @@
+"""soclab's wire contract: the topic layout and the JSON messages between edge and cloud.
+
+The JSON Schemas in ``schema/`` are the single source of truth; this package only loads them,
+validates against them and names topics. Edge and cloud both depend on it, nothing else.
+"""
+
+from soclab.wire.messages import (
+    DATA_SCHEMA,
+    DEADLETTER_SCHEMA,
+    STATUS_SCHEMA,
+    InvalidMessage,
+    decode,
+    encode,
+    validate,
+)
+from soclab.wire.topics import Topic, TopicError
+
+__all__ = [
+    "DATA_SCHEMA",
+    "DEADLETTER_SCHEMA",
+    "STATUS_SCHEMA",
+    "InvalidMessage",
+    "Topic",
+    "TopicError",
+    "decode",
+    "encode",
+    "validate",
+]

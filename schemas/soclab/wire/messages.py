@@ -1,0 +1,90 @@
+"""Load the JSON Schemas, encode, decode and validate messages against them."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+DATA_SCHEMA = "soclab.data/1"
+STATUS_SCHEMA = "soclab.status/1"
+DEADLETTER_SCHEMA = "soclab.deadletter/1"
+
+_FILES = {
+    DATA_SCHEMA: "data.v1.json",
+    STATUS_SCHEMA: "status.v1.json",
+    DEADLETTER_SCHEMA: "deadletter.v1.json",
+}
+
+
+class InvalidMessage(ValueError):
+    """A payload that is not JSON, or not a valid soclab message. ``reason`` says why, briefly."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def schema_document(name: str) -> dict[str, Any]:
+    """The JSON Schema of one message kind, e.g. ``schema_document("soclab.data/1")``."""
+    return _schemas()[_FILES[name]]
+
+
+@cache
+def _schemas() -> dict[str, dict[str, Any]]:
+    folder = files("soclab.wire") / "schema"
+    return {f: json.loads((folder / f).read_text(encoding="utf-8")) for f in _FILES.values()}
+
+
+@cache
+def _validator(name: str) -> Draft202012Validator:
+    docs = _schemas()
+    registry = Registry().with_resources(
+        (doc["$id"], Resource.from_contents(doc)) for doc in docs.values()
+    )
+    schema = docs[_FILES[name]]
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, registry=registry)
+
+
+def validate(message: Any, expected: str | None = None) -> dict[str, Any]:
+    """Return ``message`` if it is a valid soclab message (of kind ``expected`` if given).
+
+    Raises InvalidMessage naming the first violation and where it is.
+    """
+    if not isinstance(message, dict):
+        raise InvalidMessage(f"message is {type(message).__name__}, not a JSON object")
+    name = message.get("schema")
+    if name not in _FILES:
+        raise InvalidMessage(f"unknown schema {name!r}")
+    if expected is not None and name != expected:
+        raise InvalidMessage(f"schema is {name!r}, expected {expected!r}")
+    error = next(iter(_validator(name).iter_errors(message)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise InvalidMessage(f"{name} invalid at {where}: {error.message[:300]}")
+    return message
+
+
+def decode(payload: bytes, expected: str | None = None) -> dict[str, Any]:
+    """Parse and validate an MQTT payload."""
+    try:
+        message = json.loads(payload, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidMessage(f"not JSON: {exc}") from None
+    return validate(message, expected)
+
+
+def _reject_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
+def encode(message: dict[str, Any], *, check: bool = True) -> bytes:
+    """Serialise a message compactly, validating it first unless told not to."""
+    if check:
+        validate(message)
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
