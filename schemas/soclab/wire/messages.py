@@ -43,9 +43,7 @@ def _schemas() -> dict[str, dict[str, Any]]:
 @cache
 def _validator(name: str) -> Draft202012Validator:
     docs = _schemas()
-    registry = Registry().with_resources(
-        (doc["$id"], Resource.from_contents(doc)) for doc in docs.values()
-    )
+    registry = Registry().with_resources((doc["$id"], Resource.from_contents(doc)) for doc in docs.values())
     schema = docs[_FILES[name]]
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, registry=registry)

@@ -1,0 +1,1 @@
+"""soclab on the edge node (the lab's Raspberry Pi): instrument drivers, simulators, the publisher."""

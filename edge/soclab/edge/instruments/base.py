@@ -1,0 +1,150 @@
+"""What every instrument driver is: open a transport, yield time-stamped readings, say how it is doing.
+
+A driver implements the protected ``_open``, ``_close`` and ``_read`` (python-can's template
+pattern); the public ``read`` adds what all drivers share: reconnecting when the port vanishes,
+counting it, and never raising on a wire fault. Time stamps are taken on this machine at
+acquisition (``time.time_ns()``), made strictly increasing per instrument so that no two
+samples share an InfluxDB identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+Value = float | int | bool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One sample: acquisition time (ns since the epoch), values by unit-suffixed name, flags."""
+
+    t_ns: int
+    values: dict[str, Value]
+    flags: tuple[str, ...] = ()
+
+
+class InstrumentError(Exception):
+    """Base of the drivers' errors."""
+
+
+class ConnectionLost(InstrumentError):
+    """The transport went away (USB unplugged, port closed); ``read`` reopens it."""
+
+
+class DeviceError(InstrumentError):
+    """The instrument answered a request with an error."""
+
+
+@dataclass
+class Health:
+    """What a driver reports in the status topic."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    gauges: dict[str, float | None] = field(default_factory=dict)
+    last_error: str | None = None
+
+
+class Instrument(ABC):
+    """An instrument driver. ``kind`` is the InfluxDB measurement of its samples."""
+
+    kind: ClassVar[str]
+    reopen_backoff_s: tuple[float, float] = (0.2, 5.0)
+
+    def __init__(self) -> None:
+        self.health = Health()
+        self._is_open = False
+        self._next_open = 0.0
+        self._backoff = self.reopen_backoff_s[0]
+        self._last_t_ns = 0
+
+    # --- what a driver implements -------------------------------------------------------------
+    @abstractmethod
+    def _open(self) -> None:
+        """Open the transport and learn the instrument's identity. Raise ConnectionLost if absent."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Release the transport; must not raise."""
+
+    @abstractmethod
+    def _read(self, timeout: float) -> list[Reading]:
+        """Return readings acquired within ``timeout`` seconds (maybe none). Raise ConnectionLost."""
+
+    def identity(self) -> dict[str, str | float | int | bool | None]:
+        """Model, serial number, firmware, ratings: what the device told about itself."""
+        return {}
+
+    # --- shared behaviour --------------------------------------------------------------------
+    def open(self) -> None:
+        """Open now; a missing device raises ConnectionLost (``read`` retries it later)."""
+        self._open()
+        self._is_open = True
+        self._backoff = self.reopen_backoff_s[0]
+
+    def close(self) -> None:
+        if self._is_open:
+            self._is_open = False
+            self._close()
+
+    def __enter__(self) -> Instrument:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, timeout: float = 1.0) -> list[Reading]:
+        """Readings since the last call; never raises on a wire fault, reopens the port instead."""
+        if not self._is_open and not self._try_reopen(timeout):
+            return []
+        try:
+            readings = self._read(timeout)
+        except ConnectionLost as exc:
+            self._lost(exc)
+            return []
+        self.health.counters["samples_read"] += len(readings)
+        return readings
+
+    def now_ns(self) -> int:
+        """This instrument's acquisition clock: wall time, strictly increasing (see module doc)."""
+        t = time.time_ns()
+        if t <= self._last_t_ns:
+            if t < self._last_t_ns - 1_000_000:
+                self.health.counters["clock_steps_back"] += 1
+            t = self._last_t_ns + 1
+        self._last_t_ns = t
+        return t
+
+    def _lost(self, exc: Exception) -> None:
+        log.warning("instrument=%s event=connection_lost error=%r", self.kind, str(exc))
+        self.health.counters["connection_losses"] += 1
+        self.health.last_error = f"connection lost: {exc}"
+        self._is_open = False
+        self._close()
+        self._next_open = time.monotonic()
+
+    def _try_reopen(self, timeout: float) -> bool:
+        wait = self._next_open - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, timeout))
+            return False
+        try:
+            self._open()
+        except ConnectionLost as exc:
+            self.health.last_error = f"cannot open: {exc}"
+            self._next_open = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, self.reopen_backoff_s[1])
+            return False
+        self._is_open = True
+        self._backoff = self.reopen_backoff_s[0]
+        if self.health.counters["connection_losses"]:
+            self.health.counters["port_reopens"] += 1
+        log.info("instrument=%s event=reopened", self.kind)
+        return True
