@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 Value = float | int | bool
 
@@ -63,6 +63,11 @@ class Instrument(ABC):
         self._next_open = 0.0
         self._backoff = self.reopen_backoff_s[0]
         self._last_t_ns = 0
+
+    @classmethod
+    def from_config(cls, table: dict[str, Any]) -> Instrument:
+        """Build the driver from its ``[instrument]`` table (TOML). Override for nested settings."""
+        return cls(**table)
 
     # --- what a driver implements -------------------------------------------------------------
     @abstractmethod

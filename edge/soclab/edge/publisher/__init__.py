@@ -1,0 +1,1 @@
+"""The edge publisher: one process per instrument, driver -> spool -> MQTT."""

@@ -1,0 +1,5 @@
+import sys
+
+from soclab.edge.publisher.cli import main
+
+sys.exit(main())

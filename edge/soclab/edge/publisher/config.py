@@ -1,0 +1,161 @@
+"""The publisher's settings: a TOML file, then environment variables over it.
+
+Every setting ``[section] key`` can be overridden by ``SOCLAB_<SECTION>_<KEY>`` (upper case),
+e.g. ``SOCLAB_MQTT_HOST``. Secrets come only from the environment (``SOCLAB_MQTT_PASSWORD``) or
+from a file named by the configuration (``password_file``), never from the TOML itself.
+The ``[instrument]`` table is handed to the driver as it is (see each driver's ``from_config``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from soclab.wire import Topic
+
+
+class ConfigError(ValueError):
+    """A setting that is missing, misspelt or of the wrong type; the message names it."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    site: str
+    node: str
+    device: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "localhost"
+    port: int = 1883
+    client_id: str = ""  # default: soclab-<site>-<node>-<device>
+    username: str = ""
+    password_file: str = ""  # or SOCLAB_MQTT_PASSWORD
+    tls_ca: str = ""  # CA file: enables TLS
+    tls_cert: str = ""  # client certificate (optional)
+    tls_key: str = ""
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    max_inflight: int = 20  # messages awaiting PUBACK
+
+    def password(self) -> str | None:
+        if self.password_file:
+            return Path(self.password_file).read_text(encoding="utf-8").strip()
+        return os.environ.get("SOCLAB_MQTT_PASSWORD") or None
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_samples: int = 500  # samples per message at most
+    max_delay_s: float = 0.0  # wait this long for more samples before sending a short batch
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: str = "/var/lib/soclab/spool/{device}.sqlite"
+    max_samples: int = 10_000_000
+    sync: str = "full"
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    source: SourceConfig
+    instrument: dict[str, Any] = field(default_factory=dict)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    log_level: str = "INFO"
+
+    @property
+    def topic(self) -> Topic:
+        return Topic(self.source.site, self.source.node, self.source.device, "data")
+
+    @property
+    def client_id(self) -> str:
+        s = self.source
+        return self.mqtt.client_id or f"soclab-{s.site}-{s.node}-{s.device}"
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.spool.path.format(device=self.source.device, node=self.source.node))
+
+
+_SECTIONS = {
+    "source": SourceConfig,
+    "mqtt": MqttConfig,
+    "batch": BatchConfig,
+    "spool": SpoolConfig,
+    "status": StatusConfig,
+}
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> PublisherConfig:
+    """Read the TOML file (if any), apply ``SOCLAB_*`` variables, check everything."""
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    unknown = set(raw) - set(_SECTIONS) - {"instrument", "log_level"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}, instrument")
+    sections = {name: _section(name, cls, raw.get(name, {}), env) for name, cls in _SECTIONS.items()}
+    instrument = dict(raw.get("instrument", {}))
+    for key, value in env.items():
+        prefix = "SOCLAB_INSTRUMENT_"
+        if key.startswith(prefix):
+            instrument[key[len(prefix) :].lower()] = value
+    config = PublisherConfig(
+        instrument=instrument,
+        log_level=env.get("SOCLAB_LOG_LEVEL", raw.get("log_level", "INFO")),
+        **sections,
+    )
+    config.topic  # noqa: B018 - validates site/node/device as topic levels
+    if config.source.kind not in ("mppt", "eload", "labjack"):
+        raise ConfigError(f"source.kind {config.source.kind!r} is not mppt, eload or labjack")
+    return config
+
+
+def _section(name: str, cls: type, table: dict[str, Any], env: dict[str, str]) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"[{name}] has no setting {key!r}; known: {', '.join(known)}")
+    values = dict(table)
+    for key, f in known.items():
+        env_value = env.get(f"SOCLAB_{name.upper()}_{key.upper()}")
+        if env_value is not None:
+            values[key] = _parse(env_value, f.type, f"SOCLAB_{name.upper()}_{key.upper()}")
+    try:
+        section = cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"[{name}]: {exc}") from None
+    for key, f in known.items():
+        expected = {"int": int, "float": (int, float), "str": str}.get(str(f.type))
+        value = getattr(section, key)
+        if expected and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise ConfigError(f"[{name}] {key} must be {f.type}, got {value!r}")
+    return section
+
+
+def _parse(text: str, type_name: Any, where: str) -> Any:
+    try:
+        return {"int": int, "float": float}.get(str(type_name), str)(text)
+    except ValueError:
+        raise ConfigError(f"{where}={text!r} is not a valid {type_name}") from None

@@ -1,0 +1,41 @@
+"""The publisher's paho-mqtt client: identity, TLS, credentials, last will, reconnect backoff."""
+
+from __future__ import annotations
+
+import ssl
+
+import paho.mqtt.client as mqtt
+
+from soclab.edge.publisher.config import PublisherConfig
+
+
+def make_client(config: PublisherConfig, will_payload: bytes) -> mqtt.Client:
+    """A client that has not connected yet; the caller sets callbacks and calls ``connect_async``.
+
+    MQTT 3.1.1, clean session: the publisher subscribes to nothing, and messages not yet
+    acknowledged are kept in the spool, not in the broker's session.
+    """
+    m = config.mqtt
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=config.client_id,
+        clean_session=True,
+        protocol=mqtt.MQTTv311,
+    )
+    client.enable_logger()
+    if m.username:
+        client.username_pw_set(m.username, m.password())
+    if m.tls_ca:
+        client.tls_set(
+            ca_certs=m.tls_ca,
+            certfile=m.tls_cert or None,
+            keyfile=m.tls_key or None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    status_topic = str(config.topic.with_kind("status"))
+    client.will_set(status_topic, will_payload, qos=1, retain=True)
+    client.reconnect_delay_set(min_delay=max(1, int(m.reconnect_min_s)), max_delay=int(m.reconnect_max_s))
+    client.max_inflight_messages_set(m.max_inflight)
+    client.max_queued_messages_set(0)  # the sender bounds what it hands over; the spool holds the rest
+    return client

@@ -1,0 +1,86 @@
+"""``soclab-sim``: the simulated lab's instruments on pseudo-terminals, until SIGTERM/SIGINT.
+
+Prints one line per instrument, ``<name> <link>``, once all are ready, so a caller can wait
+for them; the drivers open the links (e.g. ``var/lab/dev/mppt``) as they would ``/dev/ttyACM0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from soclab.edge.sim.battery import Battery
+from soclab.edge.sim.lab import SimulatedLab
+from soclab.edge.sim.profiles import LAB_EVENING, Profile, ReplayProfile
+from soclab.edge.sim.simulator import WireSimulator
+from soclab.wire import logs
+
+log = logging.getLogger("soclab.edge.sim")
+
+
+def _profile(spec: str, speed: float) -> Profile | None:
+    if spec == "none":
+        return None
+    if spec == "lab-evening":
+        return LAB_EVENING
+    if spec.startswith("replay:"):
+        return ReplayProfile.from_csv(spec.removeprefix("replay:"), speed=speed)
+    raise ValueError(f"unknown profile {spec!r}: lab-evening, replay:<grafana csv>, none")
+
+
+def _simulators(names: list[str], battery: Battery, dev_dir: Path, args: argparse.Namespace) -> dict:
+    sims: dict[str, WireSimulator] = {}
+    for name in names:
+        link = dev_dir / name
+        if name == "mppt":
+            from soclab.edge.instruments.libresolar_mppt.simulator import MpptSimulator
+
+            sims[name] = MpptSimulator(battery, link, dialect=args.mppt_dialect)
+        elif name == "eload":
+            from soclab.edge.instruments.ea_el3000.simulator import EaLoadSimulator
+
+            sims[name] = EaLoadSimulator(battery, link)
+        else:
+            raise ValueError(f"no wire simulator for {name!r} (the LabJack is simulated behind LJM)")
+    return sims
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--dev-dir", type=Path, default=Path("var/lab/dev"), help="where the links go")
+    parser.add_argument("--instruments", default="mppt,eload", help="comma-separated: mppt, eload")
+    parser.add_argument("--mppt-dialect", default="v21", help="v21, v0.4 or v0.5")
+    parser.add_argument("--profile", default="lab-evening", help="lab-evening, replay:<csv>, none")
+    parser.add_argument("--speed", type=float, default=1.0, help="replay speed (replay profile)")
+    parser.add_argument("--soc", type=float, default=0.6, help="initial state of charge, 0..1")
+    parser.add_argument("--state-file", type=Path, help="share the battery with the LabJack stand-in")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json")
+    args = parser.parse_args(argv)
+    logs.configure("INFO", args.log_format)
+    battery = Battery(soc=args.soc)
+    try:
+        profile = _profile(args.profile, args.speed)
+        names = [n for n in args.instruments.split(",") if n]
+        sims = _simulators(names, battery, args.dev_dir, args)
+    except (ValueError, OSError) as exc:
+        print(f"soclab-sim: {exc}", file=sys.stderr)
+        return 2
+    lab = SimulatedLab(battery, profile, sims, state_file=args.state_file)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    lab.start()
+    for name, sim in sims.items():
+        print(name, sim.port.link, flush=True)
+    print("ready", flush=True)
+    done.wait()
+    lab.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The edge's durable queue: every sample is on disk before it is published, and leaves only
+after the broker acknowledged the message that carried it.
+
+SQLite in WAL mode, one row per sample, the row id being the device stream's sequence number,
+so sequence numbers survive restarts and are never reused. The sample is stored already encoded
+as its JSON object, so a message is assembled by joining rows.
+
+Sync policy (``sync``):
+- ``"full"`` (default): every append is fsynced before ``append`` returns. Survives kill -9 and a
+  power cut; costs one fsync per driver read (1/s for the MPPT, ~10-100/s for a LabJack stream).
+- ``"normal"``: survives kill -9 (the WAL is in the OS), may lose the last appends on a power cut.
+
+Bound (``max_samples``): when an append would exceed it, the oldest samples are deleted (policy
+"drop-oldest": a long outage keeps its most recent data), counted in ``dropped`` (persisted) and
+logged as a warning; the publisher reports the count in its status topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from soclab.edge.instruments.base import Reading
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped', 0);
+"""
+
+
+class Spool:
+    """Thread-safe; one writer process per file (the publisher of one instrument)."""
+
+    def __init__(self, path: str | Path, *, max_samples: int = 10_000_000, sync: str = "full") -> None:
+        if sync not in ("full", "normal"):
+            raise ValueError(f"spool sync must be 'full' or 'normal', not {sync!r}")
+        if max_samples < 1:
+            raise ValueError("spool max_samples must be at least 1")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_samples = max_samples
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={sync.upper()}")
+        self._db.executescript(_SCHEMA)
+        self.next_seq = self._meta("next_seq")
+        self.dropped = self._meta("dropped")
+        self.depth = self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        self.invalid_values = 0
+
+    def _meta(self, key: str) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    def append(self, readings: Iterable[Reading]) -> range:
+        """Store readings under consecutive sequence numbers; return the numbers given."""
+        rows = []
+        with self._lock:
+            first = seq = self.next_seq
+            for reading in readings:
+                rows.append((seq, reading.t_ns, self._encode(seq, reading)))
+                seq += 1
+            if not rows:
+                return range(first, first)
+            overflow = max(0, self.depth + len(rows) - self.max_samples)
+            with self._db:  # one transaction: rows, next_seq and the drop are one
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT INTO samples VALUES (?, ?, ?)", rows)
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
+                if overflow:
+                    self._db.execute(
+                        "DELETE FROM samples WHERE seq IN (SELECT seq FROM samples ORDER BY seq LIMIT ?)",
+                        (overflow,),
+                    )
+                    self._db.execute(
+                        "UPDATE meta SET value = value + ? WHERE key = 'dropped'", (overflow,)
+                    )
+            self.next_seq = seq
+            self.depth += len(rows) - overflow
+            if overflow:
+                self.dropped += overflow
+                log.warning(
+                    "event=spool_full policy=drop-oldest dropped=%d dropped_total=%d max_samples=%d",
+                    overflow,
+                    self.dropped,
+                    self.max_samples,
+                )
+            return range(first, seq)
+
+    def _encode(self, seq: int, reading: Reading) -> str:
+        """The sample's JSON object. Non-finite values cannot travel as JSON: flagged, counted."""
+        values = {}
+        flags = list(reading.flags)
+        for name, value in reading.values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                flags.append(f"invalid:{name}")
+                self.invalid_values += 1
+            else:
+                values[name] = value
+        sample: dict[str, object] = {"seq": seq, "t_ns": reading.t_ns, "values": values}
+        if flags:
+            sample["flags"] = sorted(set(flags))
+        return json.dumps(sample, separators=(",", ":"))
+
+    def peek(self, after_seq: int, limit: int) -> list[tuple[int, int, str]]:
+        """Up to ``limit`` stored samples with seq > ``after_seq``, oldest first: (seq, t_ns, json)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT seq, t_ns, body FROM samples WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+
+    def remove(self, first_seq: int, last_seq: int) -> None:
+        """Forget samples first..last (inclusive): their message was acknowledged."""
+        with self._lock, self._db:
+            cur = self._db.execute("DELETE FROM samples WHERE seq BETWEEN ? AND ?", (first_seq, last_seq))
+            self.depth -= cur.rowcount
+
+    def oldest_t_ns(self) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT t_ns FROM samples ORDER BY seq LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
