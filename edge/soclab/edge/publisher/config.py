@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from soclab.wire import Topic
+from soclab.wire import Topic, TopicError
 
 
 class ConfigError(ValueError):
@@ -124,7 +124,10 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
         log_level=env.get("SOCLAB_LOG_LEVEL", raw.get("log_level", "INFO")),
         **sections,
     )
-    config.topic  # noqa: B018 - validates site/node/device as topic levels
+    try:
+        config.topic  # noqa: B018 - validates site/node/device as topic levels
+    except TopicError as exc:
+        raise ConfigError(f"[source]: {exc}") from None
     if config.source.kind not in ("mppt", "eload", "labjack"):
         raise ConfigError(f"source.kind {config.source.kind!r} is not mppt, eload or labjack")
     return config
