@@ -1,0 +1,1 @@
+"""``make lab``: the whole pipeline on one machine, with a live view."""

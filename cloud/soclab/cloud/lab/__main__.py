@@ -1,0 +1,5 @@
+import sys
+
+from soclab.cloud.lab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,229 @@
+"""``make lab``: the whole pipeline on this machine, with a live view; Ctrl-C stops all of it.
+
+By default everything is local and simulated: a Mosquitto and an InfluxDB 1.6.7 (with the v2
+write shim in front, see ``soclab.cloud.localservices.v2shim``) with their data under
+``var/lab/``, the simulated lab (battery + instruments on pseudo-terminals), one publisher per
+instrument and the bridge. A settings file (``--config``, see ``lab.example.toml``) points it at
+real instruments, a real broker or a real InfluxDB 2 instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from soclab.cloud.lab.processes import Children
+from soclab.cloud.lab.view import LiveView
+from soclab.cloud.localservices.influxdb import InfluxDB1
+from soclab.cloud.localservices.mosquitto import Mosquitto
+from soclab.cloud.localservices.v2shim import V2WriteShim
+from soclab.wire import logs
+
+log = logging.getLogger("soclab.cloud.lab")
+
+INSTRUMENTS = ("mppt", "eload", "labjack")
+LOCAL_DB = "soclab"
+
+
+@dataclass
+class LabSettings:
+    site: str = "lab1"
+    node: str = "pi-01"
+    instruments: dict[str, dict[str, Any]] = field(default_factory=lambda: {n: {} for n in INSTRUMENTS})
+    mqtt: dict[str, Any] = field(default_factory=dict)  # empty: start a local broker
+    influxdb: dict[str, Any] = field(default_factory=dict)  # empty: start a local database
+    simulation: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None) -> LabSettings:
+        if path is None:
+            return cls()
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        unknown = set(raw) - {"site", "node", "instruments", "mqtt", "influxdb", "simulation"}
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        settings = cls(**raw)
+        for name in settings.instruments:
+            if name not in INSTRUMENTS:
+                raise ValueError(f"{path}: unknown instrument {name!r}; known: {', '.join(INSTRUMENTS)}")
+        return settings
+
+    def simulated(self) -> list[str]:
+        """Instruments without a real port (the LabJack: without a real backend)."""
+        return [
+            name
+            for name, table in self.instruments.items()
+            if not table.get("port") and table.get("backend", "standin") == "standin"
+        ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--config", type=Path, help="settings (see lab.example.toml); default: all simulated")
+    parser.add_argument("--var", type=Path, default=Path("var/lab"), help="data, logs and devices go here")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
+    parser.add_argument("--fresh", action="store_true", help="delete the previous run's data first")
+    args = parser.parse_args(argv)
+    logs.configure("INFO", "text")
+    try:
+        settings = LabSettings.load(args.config)
+    except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
+        print(f"make lab: bad settings: {exc}", file=sys.stderr)
+        return 2
+    if args.fresh and args.var.exists():
+        shutil.rmtree(args.var)
+    stop_requested = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    with run_lab(settings, args.var.resolve()) as view:
+        deadline = time.monotonic() + args.duration if args.duration else None
+        next_query = 0.0
+        while not stop_requested and (deadline is None or time.monotonic() < deadline):
+            if time.monotonic() >= next_query:
+                view.refresh_stored()
+                next_query = time.monotonic() + 3.0
+            view.show()
+            time.sleep(1.0)
+    print("lab stopped; nothing left running. Data and logs are in", args.var)
+    return 0
+
+
+@contextlib.contextmanager
+def run_lab(settings: LabSettings, var: Path) -> Iterator[LiveView]:
+    """Start everything in order; stop it all in reverse order, whatever happens."""
+    children = Children(var / "logs")
+    with contextlib.ExitStack() as stack:
+        stack.callback(children.stop_all)
+        broker_host, broker_port = _broker(settings, var, stack)
+        influx_env, stored_counts = _database(settings, var, stack)
+        env = _publisher_env(settings, var, broker_host, broker_port)
+        _start_simulated_lab(settings, var, children, env)
+        for name, table in settings.instruments.items():
+            _start_publisher(name, table, var, children, env)
+        children.start(
+            "bridge",
+            ["-m", "soclab.cloud.bridge"],
+            env={
+                "SOCLAB_BRIDGE_MQTT_HOST": broker_host,
+                "SOCLAB_BRIDGE_MQTT_PORT": str(broker_port),
+                "SOCLAB_BRIDGE_ID": "lab",
+                **influx_env,
+            },
+        )
+        view = LiveView(broker_host, broker_port, stored_counts)
+        view.start()
+        stack.callback(view.stop)
+        yield view
+        for name, code in children.failed():
+            print(f"{name} exited with code {code}; see {var / 'logs' / (name + '.log')}", file=sys.stderr)
+
+
+def _broker(settings: LabSettings, var: Path, stack: contextlib.ExitStack) -> tuple[str, int]:
+    if settings.mqtt:
+        return settings.mqtt["host"], int(settings.mqtt.get("port", 1883))
+    broker = stack.enter_context(Mosquitto(var / "mosquitto"))
+    return broker.host, broker.port
+
+
+def _database(settings: LabSettings, var: Path, stack: contextlib.ExitStack) -> tuple[dict[str, str], Any]:
+    if settings.influxdb:
+        i = settings.influxdb
+        env = {
+            "SOCLAB_BRIDGE_INFLUX_URL": i["url"],
+            "SOCLAB_BRIDGE_INFLUX_ORG": i["org"],
+            "SOCLAB_BRIDGE_INFLUX_BUCKET": i["bucket"],
+        }
+        return env, None  # a remote InfluxDB 2: the view shows the bridge's own counts
+    db = stack.enter_context(InfluxDB1(var / "influxdb"))
+    db.create_database(LOCAL_DB)
+    shim = stack.enter_context(V2WriteShim(db.url))
+
+    def stored_counts() -> dict[str, int]:
+        counts = {}
+        for series in db.query("SELECT count(seq) FROM mppt, eload, labjack", db=LOCAL_DB):
+            counts[series["name"]] = int(series["values"][0][1])
+        return counts
+
+    env = {
+        "SOCLAB_BRIDGE_INFLUX_URL": shim.url,
+        "SOCLAB_BRIDGE_INFLUX_ORG": "-",
+        "SOCLAB_BRIDGE_INFLUX_BUCKET": f"{LOCAL_DB}/autogen",
+        "SOCLAB_BRIDGE_INFLUX_TOKEN": os.environ.get("SOCLAB_BRIDGE_INFLUX_TOKEN", "local:unused"),
+    }
+    return env, stored_counts
+
+
+def _publisher_env(settings: LabSettings, var: Path, host: str, port: int) -> dict[str, str]:
+    env = {
+        "SOCLAB_SOURCE_SITE": settings.site,
+        "SOCLAB_SOURCE_NODE": settings.node,
+        "SOCLAB_MQTT_HOST": host,
+        "SOCLAB_MQTT_PORT": str(port),
+        "SOCLAB_SPOOL_PATH": str(var / "spool" / "{device}.sqlite"),
+    }
+    return env
+
+
+def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, env: dict[str, str]) -> None:
+    wire = [n for n in settings.simulated() if n in ("mppt", "eload")]
+    sim = settings.simulation
+    args = [
+        "-m",
+        "soclab.edge.sim",
+        "--dev-dir",
+        str(var / "dev"),
+        "--instruments",
+        ",".join(wire),
+        "--state-file",
+        str(var / "battery.state"),
+        "--profile",
+        str(sim.get("profile", "lab-evening")),
+        "--speed",
+        str(sim.get("speed", 1.0)),
+        "--mppt-dialect",
+        str(sim.get("mppt_dialect", "v21")),
+    ]
+    proc = children.start("simulator", args, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode().strip()
+        if line == "ready":
+            return
+        if not line and proc.poll() is not None:
+            break
+    raise RuntimeError(f"the simulated lab did not start; see {var / 'logs' / 'simulator.log'}")
+
+
+def _start_publisher(
+    name: str, table: dict[str, Any], var: Path, children: Children, env: dict[str, str]
+) -> None:
+    config = files("soclab.cloud.lab") / "publishers" / f"{name}.toml"
+    extra = dict(env)
+    if name in ("mppt", "eload"):
+        extra["SOCLAB_INSTRUMENT_PORT"] = table.get("port") or str(var / "dev" / name)
+    elif name == "labjack" and table.get("backend", "standin") == "standin":
+        extra["SOCLAB_INSTRUMENT_BATTERY_STATE"] = str(var / "battery.state")
+    children.start(name, ["-m", "soclab.edge.publisher", "--config", str(config)], env=extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
