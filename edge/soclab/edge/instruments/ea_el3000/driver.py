@@ -1,0 +1,347 @@
+"""Driver for the EA EL 3160-60A electronic load (EL 3000 A series) over RS232, 57600 8O1.
+
+Queries are sent exactly as the lab's scripts sent them, which the device answered for years:
+node 0 with the cast bit set, i.e. ``75 00 47 00 BC`` for the actual values (object 71),
+``73 00 45 00 B8`` for the Ah counter (69) and ``70 00 00 00 70`` for the device type (strings
+are queried with length bits 0, as in the captures). ``node=1, cast=False`` gives the other
+captured form, ``55 01 47 00 9D``.
+
+Each poll (``poll_hz``, default 2 Hz) asks for objects 71 and 69 and yields one Reading:
+``bat_v`` (input voltage = battery voltage), ``bat_a`` (the current the load draws, from the
+battery's side: negative = discharge, 0 with the input off), ``power_w`` (power the load
+absorbs, >= 0) and ``ah`` (the load's Ah counter). A value whose answer failed after the retries
+is absent and named in the flags (``missing:<name>``); a poll where both failed yields no
+Reading. No value is ever repeated from an earlier answer.
+
+Status (object 70) is not polled: the EL 3000's bit layout for remote/input is not in the
+documentation found so far, so ``remote``/``input_on`` are not reported rather than guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import serial
+
+from soclab.edge.instruments.base import ConnectionLost, Instrument, InstrumentError, Reading, Value
+from soclab.edge.instruments.ea_el3000 import telegram as tg
+
+log = logging.getLogger(__name__)
+
+BAUD = 57600
+READ_SLICE_S = 0.02  # one blocking serial read; the answer deadline is checked between reads
+
+
+class SerialPort(Protocol):
+    """What the driver uses of ``serial.Serial`` (tests substitute a transcript)."""
+
+    @property
+    def in_waiting(self) -> int: ...
+
+    def read(self, size: int = 1) -> bytes: ...
+
+    def write(self, data: bytes, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class NoAnswer(InstrumentError):
+    """No valid answer after the retries (timeouts, half or garbled answers); the link is still up."""
+
+
+class _Failed(Exception):
+    """One attempt without a usable answer; the text says why."""
+
+
+class EaLoadDriver(Instrument):
+    """EA EL 3000 A electronic load; see the module doc for what it sends and reports."""
+
+    kind = "eload"
+
+    def __init__(
+        self,
+        port: str,
+        *,
+        node: int = 0,
+        cast: bool = True,
+        poll_hz: float = 2.0,
+        answer_timeout_s: float = 0.25,
+        retries: int = 2,
+        serial_factory: Callable[..., SerialPort] = serial.Serial,
+    ) -> None:
+        super().__init__()
+        if not 0 <= node <= 255:
+            raise ValueError(f"node must be 0..255, got {node}")
+        if not (math.isfinite(poll_hz) and 0 < poll_hz <= 20):
+            raise ValueError(f"poll_hz must be in (0, 20], got {poll_hz}")
+        if answer_timeout_s <= 0 or retries < 0:
+            raise ValueError("answer_timeout_s must be > 0 and retries >= 0")
+        self.port = port
+        self.node = node
+        self.cast = cast
+        self.poll_period_s = 1.0 / poll_hz
+        self.answer_timeout_s = answer_timeout_s
+        self.retries = retries
+        self._serial_factory = serial_factory
+        self._ser: SerialPort | None = None
+        self._lock = threading.RLock()  # one transaction on the wire at a time
+        self._identity: dict[str, str | float | int | bool | None] = {}
+        self._nominal = (0.0, 0.0, 0.0)
+        self._next_poll = 0.0
+        self._failing: set[int] = set()  # objects whose last poll failed (log on change only)
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any]) -> EaLoadDriver:
+        """From the publisher's ``[instrument]`` table: ``port`` and the keyword arguments above."""
+        options = dict(table)
+        if "port" not in options:
+            raise ValueError("[instrument] needs port (e.g. /dev/ttyUSB0)")
+        if "serial_factory" in options:
+            raise ValueError("[instrument] serial_factory is for tests, not a setting")
+        return cls(**options)
+
+    # --- Instrument -----------------------------------------------------------------------------
+    def _open(self) -> None:
+        with self._lock:
+            try:
+                self._ser = self._serial_factory(
+                    self.port,
+                    BAUD,
+                    bytesize=serial.EIGHTBITS,
+                    parity=serial.PARITY_ODD,
+                    stopbits=serial.STOPBITS_ONE,
+                    timeout=READ_SLICE_S,
+                    write_timeout=1.0,
+                )
+            except (serial.SerialException, OSError) as exc:
+                raise ConnectionLost(f"cannot open {self.port}: {exc}") from exc
+            try:
+                self._read_identity()
+            except ConnectionLost:
+                self._close()
+                raise
+            except (InstrumentError, ValueError) as exc:
+                self._close()
+                raise ConnectionLost(f"no identity from the load at {self.port}: {exc}") from exc
+            self._next_poll = time.monotonic()
+            self._failing.clear()
+            log.info(
+                "instrument=eload event=opened port=%s model=%r serial=%r firmware=%r",
+                self.port,
+                self._identity["model"],
+                self._identity["serial_number"],
+                self._identity["firmware"],
+            )
+
+    def _close(self) -> None:
+        with self._lock:
+            ser, self._ser = self._ser, None
+            if ser is not None:
+                try:
+                    ser.close()
+                except (serial.SerialException, OSError) as exc:
+                    log.debug("instrument=eload event=close_failed error=%r", str(exc))
+
+    def _read(self, timeout: float) -> list[Reading]:
+        wait = self._next_poll - time.monotonic()
+        if wait > timeout:
+            time.sleep(max(0.0, timeout))
+            return []
+        if wait > 0:
+            time.sleep(wait)
+        reading = self._poll()
+        self._next_poll += self.poll_period_s
+        now = time.monotonic()
+        if self._next_poll < now:  # a slow cycle (retries): skip the missed slots, do not burst
+            self.health.counters["poll_overruns"] += 1
+            self._next_poll = now + self.poll_period_s
+        return [reading] if reading is not None else []
+
+    def identity(self) -> dict[str, str | float | int | bool | None]:
+        return dict(self._identity)
+
+    # --- control --------------------------------------------------------------------------------
+    def remote(self, on: bool) -> None:
+        """Take (or give back) remote control; set values and the input need it."""
+        value = tg.CONTROL_REMOTE if on else 0
+        self._command(tg.send(tg.OBJ_CONTROL, bytes((tg.CONTROL_REMOTE, value)), **self._addr()))
+
+    def input(self, on: bool) -> None:
+        """Switch the load's DC input on or off (AccessDenied without remote control)."""
+        value = tg.CONTROL_INPUT if on else 0
+        self._command(tg.send(tg.OBJ_CONTROL, bytes((tg.CONTROL_INPUT, value)), **self._addr()))
+
+    def set_current(self, amps: float) -> None:
+        """Set the current the load sinks (0..nominal A); ValueError before anything is sent."""
+        nominal = self._nominal[1]
+        if nominal <= 0:
+            raise ConnectionLost("the load is not open: its nominal current is unknown")
+        if not (math.isfinite(amps) and 0.0 <= amps <= nominal):
+            raise ValueError(f"current must be within 0..{nominal:g} A, got {amps}")
+        word = tg.to_word(amps, nominal)
+        self._command(tg.send(tg.OBJ_SET_I, word.to_bytes(2, "big"), **self._addr()))
+
+    # --- polling --------------------------------------------------------------------------------
+    def _poll(self) -> Reading | None:
+        values: dict[str, Value] = {}
+        missing: list[str] = []
+        t_ns: int | None = None
+        try:
+            answer = self._query(tg.OBJ_ACTUAL)
+            t_ns = self.now_ns()
+            actual = tg.decode_actual(answer.data, *self._nominal)
+        except (NoAnswer, tg.EaDeviceError, tg.TelegramError) as exc:
+            self._poll_failed(tg.OBJ_ACTUAL, exc)
+            missing += ["bat_v", "bat_a", "power_w"]
+        else:
+            self._poll_ok(tg.OBJ_ACTUAL)
+            values["bat_v"] = actual.voltage_v
+            values["bat_a"] = -actual.current_a if actual.current_a else 0.0
+            values["power_w"] = actual.power_w
+        try:
+            answer = self._query(tg.OBJ_AH)
+            if t_ns is None:
+                t_ns = self.now_ns()
+            ah = tg.decode_float(answer.data)
+            if not math.isfinite(ah):
+                raise tg.TelegramError(f"Ah counter is not a number: {answer.data.hex(' ')}")
+        except (NoAnswer, tg.EaDeviceError, tg.TelegramError) as exc:
+            self._poll_failed(tg.OBJ_AH, exc)
+            missing.append("ah")
+        else:
+            self._poll_ok(tg.OBJ_AH)
+            values["ah"] = ah
+        self.health.gauges["consecutive_failed_polls"] = (
+            0.0 if values else (self.health.gauges.get("consecutive_failed_polls") or 0.0) + 1
+        )
+        if t_ns is None or not values:
+            self.health.counters["polls_without_sample"] += 1
+            return None
+        if missing:
+            self.health.counters["partial_samples"] += 1
+        return Reading(t_ns, values, tuple(f"missing:{name}" for name in missing))
+
+    def _poll_failed(self, obj: int, exc: Exception) -> None:
+        self.health.counters["failed_polls"] += 1
+        self.health.last_error = f"object {obj}: {exc}"
+        if obj not in self._failing:
+            self._failing.add(obj)
+            log.warning("instrument=eload event=poll_failed object=%d error=%r", obj, str(exc))
+        else:
+            log.debug("instrument=eload event=poll_failed object=%d error=%r", obj, str(exc))
+
+    def _poll_ok(self, obj: int) -> None:
+        if obj in self._failing:
+            self._failing.discard(obj)
+            log.info("instrument=eload event=answers_resumed object=%d", obj)
+
+    # --- transactions ---------------------------------------------------------------------------
+    def _addr(self) -> dict[str, Any]:
+        return {"node": self.node, "cast": self.cast}
+
+    def _read_identity(self) -> None:
+        model = tg.decode_string(self._query(tg.OBJ_DEVICE_TYPE).data)
+        serial_number = tg.decode_string(self._query(tg.OBJ_SERIAL).data)
+        firmware = tg.decode_string(self._query(tg.OBJ_SOFTWARE).data)
+        nominal = tuple(
+            tg.decode_float(self._query(obj).data)
+            for obj in (tg.OBJ_NOMINAL_U, tg.OBJ_NOMINAL_I, tg.OBJ_NOMINAL_P)
+        )
+        if not all(math.isfinite(x) and x > 0 for x in nominal):
+            raise tg.TelegramError(f"implausible nominal values {nominal}")
+        self._nominal = (nominal[0], nominal[1], nominal[2])
+        self._identity = {
+            "vendor": "Elektro-Automatik",
+            "model": model,
+            "serial_number": serial_number,
+            "firmware": firmware,
+            "nominal_v": nominal[0],
+            "nominal_a": nominal[1],
+            "nominal_w": nominal[2],
+            "port": self.port,
+            "node": self.node,
+        }
+
+    def _query(self, obj: int) -> tg.Telegram:
+        return self._transact(tg.query(obj, **self._addr()), obj)
+
+    def _command(self, request: tg.Telegram) -> None:
+        self._transact(request, tg.ERROR_OBJECT)
+        self.health.counters["commands"] += 1
+        log.info("instrument=eload event=command object=%d data=%s", request.obj, request.data.hex())
+
+    def _transact(self, request: tg.Telegram, expect_obj: int) -> tg.Telegram:
+        """Send, wait for the answer; retry wire faults; raise typed device errors at once."""
+        frame = request.encode()
+        reason = ""
+        with self._lock:
+            for attempt in range(1 + self.retries):
+                if attempt:
+                    self.health.counters["retries"] += 1
+                try:
+                    return self._exchange(frame, request.obj, expect_obj)
+                except _Failed as exc:
+                    reason = str(exc)
+                except tg.EaDeviceError as exc:
+                    if exc.code not in tg.TRANSMISSION_ERRORS:
+                        self.health.counters["device_errors"] += 1
+                        self.health.last_error = f"object {request.obj}: {exc}"
+                        raise
+                    self.health.counters["device_rejected_frames"] += 1
+                    reason = str(exc)
+                log.debug(
+                    "instrument=eload event=attempt_failed object=%d attempt=%d why=%r",
+                    request.obj,
+                    attempt,
+                    reason,
+                )
+        raise NoAnswer(f"no valid answer to object {request.obj} after {1 + self.retries} attempts: {reason}")
+
+    def _exchange(self, frame: bytes, obj: int, expect_obj: int) -> tg.Telegram:
+        ser = self._ser
+        if ser is None:
+            raise ConnectionLost(f"{self.port} is not open")
+        counters = self.health.counters
+        try:
+            stray = ser.in_waiting
+            if stray:  # e.g. a late answer to an earlier attempt: never take it for this one
+                counters["stray_bytes"] += len(ser.read(stray))
+            ser.write(frame)
+            scanner = tg.FrameScanner(to_device=False)
+            deadline = time.monotonic() + self.answer_timeout_s
+            while True:
+                chunk = ser.read(max(1, ser.in_waiting))
+                if chunk:
+                    scanner.feed(chunk)
+                while (answer := scanner.next()) is not None:
+                    if scanner.skipped:
+                        counters["resyncs"] += 1
+                        counters["skipped_bytes"] += scanner.skipped
+                        scanner.skipped = 0
+                    if answer.obj == tg.ERROR_OBJECT and answer.error_code is not None:
+                        if answer.error_code == 0 and expect_obj == tg.ERROR_OBJECT:
+                            return answer
+                        if answer.error_code != 0:
+                            raise tg.device_error(answer.error_code, f"object {obj}")
+                    if answer.obj == expect_obj and expect_obj != tg.ERROR_OBJECT:
+                        return answer
+                    counters["unexpected_answers"] += 1
+                    log.debug("instrument=eload event=unexpected_answer object=%d got=%s", obj, answer)
+                if time.monotonic() >= deadline:
+                    break
+        except (serial.SerialException, OSError) as exc:
+            raise ConnectionLost(f"{self.port}: {exc}") from exc
+        residue = scanner.residue_kind()
+        if residue == "checksum":
+            counters["checksum_errors"] += 1
+            raise _Failed(f"garbled answer {scanner.pending.hex(' ')}")
+        if residue == "short":
+            counters["short_answers"] += 1
+            raise _Failed(f"short answer {scanner.pending.hex(' ')}")
+        counters["timeouts"] += 1
+        raise _Failed(f"timeout after {self.answer_timeout_s:g} s")

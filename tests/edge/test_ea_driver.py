@@ -1,0 +1,520 @@
+"""The EA EL 3000 driver: exact transcripts, then against its simulator over a real pty."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import serial
+
+from soclab.edge.instruments.base import ConnectionLost, Reading
+from soclab.edge.instruments.ea_el3000 import telegram as tg
+from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver, NoAnswer
+from soclab.edge.instruments.ea_el3000.simulator import EaLoadSimulator
+from soclab.edge.sim.battery import Battery, BatteryParams
+
+
+def hx(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
+# --- exact transcripts ---------------------------------------------------------------------------
+class TranscriptSerial:
+    """A serial port that expects exactly the given writes and answers each with its bytes."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = deque((hx(w), hx(a)) for w, a in pairs)
+        self.rx = bytearray()
+        self.timeout = 0.02
+        self.closed = False
+        self.open_args: tuple[Any, ...] = ()
+        self.open_kwargs: dict[str, Any] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TranscriptSerial:  # the serial_factory
+        self.open_args, self.open_kwargs = args, kwargs
+        self.timeout = kwargs.get("timeout", self.timeout)
+        return self
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.rx)
+
+    def write(self, data: bytes) -> int:
+        assert self.pairs, f"unexpected write {data.hex(' ')}"
+        expected, answer = self.pairs.popleft()
+        assert data.hex(" ") == expected.hex(" ")
+        self.rx += answer
+        return len(data)
+
+    def read(self, size: int = 1) -> bytes:
+        if not self.rx:
+            time.sleep(self.timeout)  # what a serial port does when nothing comes
+            return b""
+        out = bytes(self.rx[:size])
+        del self.rx[:size]
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+    def assert_done(self) -> None:
+        assert not self.pairs, f"unused pairs: {[(w.hex(' '), a.hex(' ')) for w, a in self.pairs]}"
+        assert not self.rx, f"bytes left over: {self.rx.hex(' ')}"
+
+
+OPEN = [
+    ("70 00 00 00 70", "8B 01 00 45 4C 20 33 31 36 30 2D 36 30 41 00 02 DB"),
+    ("70 00 01 00 71", "8A 01 01 32 36 34 39 38 31 30 32 32 36 00 02 94"),
+    ("70 00 09 00 79", "8E 01 09 56 35 2E 30 35 20 30 32 2E 30 38 2E 31 32 00 03 5F"),
+    ("73 00 02 00 75", "83 01 02 43 20 00 00 00 E9"),  # 160.0 V
+    ("73 00 03 00 76", "83 01 03 42 70 00 00 01 39"),  # 60.0 A
+    ("73 00 04 00 77", "83 01 04 43 C8 00 00 01 93"),  # 400.0 W
+]
+Q71, A71 = "75 00 47 00 BC", "85 01 47 64 00 1E 00 50 00 01 9F"  # 160 V, 18 A, 320 W
+Q69, A69 = "73 00 45 00 B8", "83 01 45 3F C0 00 00 01 C8"  # 1.5 Ah
+ACK = "C0 01 FF 00 01 C0"
+CAPTURED_VALUES = {"bat_v": 160.0, "bat_a": -18.0, "power_w": 320.0, "ah": 1.5}
+
+
+def transcript_driver(pairs: list[tuple[str, str]], **options: Any) -> tuple[EaLoadDriver, TranscriptSerial]:
+    port = TranscriptSerial(pairs)
+    options = {"answer_timeout_s": 0.1, "poll_hz": 20.0} | options
+    return EaLoadDriver("/dev/ttyUSB0", serial_factory=port, **options), port
+
+
+def test_open_and_poll_send_the_lab_scripts_bytes() -> None:
+    driver, port = transcript_driver([*OPEN, (Q71, A71), (Q69, A69)])
+    driver.open()
+    assert port.open_args == ("/dev/ttyUSB0", 57600)
+    assert port.open_kwargs["parity"] == serial.PARITY_ODD
+    assert (port.open_kwargs["bytesize"], port.open_kwargs["stopbits"]) == (8, 1)
+    assert driver.identity() == {
+        "vendor": "Elektro-Automatik",
+        "model": "EL 3160-60A",
+        "serial_number": "2649810226",
+        "firmware": "V5.05 02.08.12",
+        "nominal_v": 160.0,
+        "nominal_a": 60.0,
+        "nominal_w": 400.0,
+        "port": "/dev/ttyUSB0",
+        "node": 0,
+    }
+    (reading,) = driver.read(timeout=1.0)
+    assert reading.values == CAPTURED_VALUES
+    assert reading.flags == ()
+    port.assert_done()
+    driver.close()
+    assert port.closed
+
+
+def test_node_1_without_cast_sends_the_captured_query() -> None:
+    pairs = [
+        ("50 01 00 00 51", OPEN[0][1]),
+        ("50 01 01 00 52", OPEN[1][1]),
+        ("50 01 09 00 5A", OPEN[2][1]),
+        ("53 01 02 00 56", OPEN[3][1]),
+        ("53 01 03 00 57", OPEN[4][1]),
+        ("53 01 04 00 58", OPEN[5][1]),
+        ("55 01 47 00 9D", A71),
+        ("53 01 45 00 99", A69),
+    ]
+    driver, port = transcript_driver(pairs, node=1, cast=False)
+    driver.open()
+    (reading,) = driver.read(timeout=1.0)
+    assert reading.values == CAPTURED_VALUES
+    port.assert_done()
+
+
+def test_control_transcript() -> None:
+    pairs = [
+        *OPEN,
+        ("F1 00 33 05 00 01 29", "C0 01 FF 09 01 C9"),  # set 3 A without remote: refused
+        ("F1 00 36 10 10 01 47", ACK),  # remote on
+        ("F1 00 36 01 01 01 29", ACK),  # input on
+        ("F1 00 33 05 00 01 29", ACK),  # 3.0 A = 1280 = 0x0500
+        ("F1 00 33 64 00 01 88", "C0 01 FF 30 01 F0"),  # 60 A, said to be over the limit
+        ("F1 00 36 01 00 01 28", ACK),  # input off
+        ("F1 00 36 10 00 01 37", ACK),  # remote off
+    ]
+    driver, port = transcript_driver(pairs)
+    driver.open()
+    with pytest.raises(tg.AccessDenied) as refused:
+        driver.set_current(3.0)
+    assert refused.value.code == 9
+    assert "object 51" in str(refused.value)
+    driver.remote(True)
+    driver.input(True)
+    driver.set_current(3.0)
+    with pytest.raises(tg.UpperLimitExceeded):
+        driver.set_current(60.0)
+    driver.input(False)
+    driver.remote(False)
+    port.assert_done()
+    assert driver.health.counters["commands"] == 5
+    assert driver.health.counters["device_errors"] == 2
+
+
+@pytest.mark.parametrize("amps", [-0.1, 60.01, float("nan"), float("inf")])
+def test_set_current_is_range_checked_before_sending(amps: float) -> None:
+    driver, port = transcript_driver(OPEN)
+    driver.open()
+    with pytest.raises(ValueError, match=r"0\.\.60 A"):
+        driver.set_current(amps)
+    port.assert_done()  # nothing was written
+
+
+def test_half_garbled_and_noisy_answers_are_retried() -> None:
+    pairs = [
+        *OPEN,
+        (Q71, A71[:14]),  # half a telegram
+        (Q71, "13 37 " + A71),  # garbage before the answer
+        (Q69, "83 01 45 3F C0 00 01 01 C8"),  # a byte flipped
+        (Q69, A69),
+    ]
+    driver, port = transcript_driver(pairs)
+    driver.open()
+    (reading,) = driver.read(timeout=2.0)
+    assert reading.values == CAPTURED_VALUES
+    port.assert_done()
+    counters = driver.health.counters
+    assert (counters["short_answers"], counters["checksum_errors"], counters["retries"]) == (1, 1, 2)
+    assert (counters["resyncs"], counters["skipped_bytes"]) == (1, 2)
+
+
+def test_no_answer_at_all_yields_no_sample() -> None:
+    pairs = [*OPEN] + [(Q71, "")] * 3 + [(Q69, "")] * 3
+    driver, port = transcript_driver(pairs)
+    driver.open()
+    assert driver.read(timeout=3.0) == []
+    port.assert_done()
+    health = driver.health
+    assert health.counters["timeouts"] == 6
+    assert health.counters["retries"] == 4
+    assert health.counters["polls_without_sample"] == 1
+    assert health.gauges["consecutive_failed_polls"] == 1
+    assert health.last_error is not None
+    assert "no valid answer to object 69" in health.last_error
+
+
+def test_a_failed_object_leaves_its_values_out() -> None:
+    pairs = [*OPEN, (Q71, A71), (Q69, "C0 01 FF 07 01 C7")]  # object 69 unknown to this one
+    driver, port = transcript_driver(pairs)
+    driver.open()
+    (reading,) = driver.read(timeout=2.0)
+    assert reading.values == {"bat_v": 160.0, "bat_a": -18.0, "power_w": 320.0}
+    assert reading.flags == ("missing:ah",)
+    port.assert_done()
+    assert driver.health.last_error is not None
+    assert "object undefined" in driver.health.last_error
+
+
+def test_a_device_rejecting_our_checksum_is_retried() -> None:
+    driver, port = transcript_driver([*OPEN, (Q71, "C0 01 FF 03 01 C3"), (Q71, A71), (Q69, A69)])
+    driver.open()
+    (reading,) = driver.read(timeout=2.0)
+    assert reading.values == CAPTURED_VALUES
+    assert driver.health.counters["device_rejected_frames"] == 1
+    port.assert_done()
+
+
+def test_open_without_answers_is_connection_lost_and_closes() -> None:
+    driver, port = transcript_driver([("70 00 00 00 70", "")] * 3)
+    with pytest.raises(ConnectionLost, match="no identity"):
+        driver.open()
+    assert port.closed
+    port.assert_done()
+
+
+def test_from_config() -> None:
+    driver = EaLoadDriver.from_config({"port": "/dev/ttyUSB0", "poll_hz": 1.0, "node": 1})
+    assert (driver.port, driver.poll_period_s, driver.node, driver.cast) == ("/dev/ttyUSB0", 1.0, 1, True)
+    with pytest.raises(ValueError, match="port"):
+        EaLoadDriver.from_config({})
+    with pytest.raises(TypeError):
+        EaLoadDriver.from_config({"port": "/dev/ttyUSB0", "baud": 9600})
+    with pytest.raises(ValueError, match="poll_hz"):
+        EaLoadDriver.from_config({"port": "/dev/ttyUSB0", "poll_hz": 0})
+
+
+# --- against the simulator over a real pty --------------------------------------------------------
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+FLAG = re.compile(r"^[a-z][a-z0-9_:.-]{0,63}$")
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.01)
+
+
+def read_until(
+    driver: EaLoadDriver, condition: Callable[[Reading], bool], timeout: float = 15.0
+) -> list[Reading]:
+    """Read until a reading satisfies ``condition``; all readings so far, that one last."""
+    readings: list[Reading] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for reading in driver.read(timeout=0.5):
+            readings.append(reading)
+            if condition(reading):
+                return readings
+    raise AssertionError(f"no such reading within {timeout} s; got {readings[-3:]}")
+
+
+@pytest.fixture
+def battery() -> Battery:
+    # Flat 12.5 V, 50 mOhm, no RC pairs: the voltage under load is known exactly.
+    return Battery(BatteryParams(ocv_soc=(0.0, 1.0), ocv_v=(12.5, 12.5), r0_ohm=0.05, rc_pairs=()))
+
+
+@pytest.fixture
+def sim(battery: Battery, tmp_path: Path) -> Iterator[EaLoadSimulator]:
+    simulator = EaLoadSimulator(battery, tmp_path / "dev" / "eload")
+    simulator.start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def driver(sim: EaLoadSimulator) -> Iterator[EaLoadDriver]:
+    instrument = EaLoadDriver(str(sim.port.link), poll_hz=10.0, answer_timeout_s=0.25, retries=2)
+    instrument.open()
+    yield instrument
+    instrument.close()
+
+
+def exchange(link: Path, pairs: list[tuple[str, str]]) -> None:
+    """Write each request on the pty and expect exactly the answer (and nothing more)."""
+    with serial.Serial(str(link), 57600, parity=serial.PARITY_ODD, timeout=0.2) as port:
+        for written, answered in pairs:
+            port.write(hx(written))
+            expected = hx(answered)
+            got = read_exact(port, len(expected))
+            assert got.hex(" ") == expected.hex(" "), f"after {written}"
+        assert port.read(64) == b""  # nothing more within the port's timeout
+
+
+def read_exact(port: serial.Serial, size: int, timeout: float = 5.0) -> bytes:
+    got = b""
+    deadline = time.monotonic() + timeout
+    while len(got) < size and time.monotonic() < deadline:
+        got += port.read(size - len(got))
+    return got
+
+
+def test_simulator_answers_like_the_captures(sim: EaLoadSimulator) -> None:
+    exchange(
+        sim.port.link,
+        [
+            ("70 00 00 00 70", "8B 01 00 45 4C 20 33 31 36 30 2D 36 30 41 00 02 DB"),
+            ("70 00 01 00 71", "8A 01 01 32 36 34 39 38 31 30 32 32 36 00 02 94"),
+            ("70 00 09 00 79", "8E 01 09 56 35 2E 30 35 20 30 32 2E 30 38 2E 31 32 00 03 5F"),
+            ("70 00 45 00 B5", "C0 01 FF 08 01 C8"),  # object 69 with the wrong length bits
+            ("73 00 02 00 75", "83 01 02 43 20 00 00 00 E9"),
+            ("73 00 45 00 B8", "83 01 45 00 00 00 00 00 C9"),  # 0.0 Ah
+            ("55 01 47 00 9D", "85 01 47 07 D0 00 00 00 00 01 A4"),  # 12.5 V = 2000, input off
+            ("70 00 63 00 D3", "C0 01 FF 07 01 C7"),  # object 99: undefined
+            ("75 00 47 00 BD", "C0 01 FF 03 01 C3"),  # checksum wrong
+            ("95 00 47 00 DC", "C0 01 FF 04 01 C4"),  # an answer's start delimiter from the PC
+            ("75 02 47 00 BE", "C0 01 FF 05 01 C5"),  # node 2
+            ("71 00 36 00 A7", "C0 01 FF 09 01 C9"),  # object 54 cannot be read
+            ("F1 00 33 05 00 01 29", "C0 01 FF 09 01 C9"),  # set value without remote
+            ("F1 00 36 01 01 01 29", "C0 01 FF 09 01 C9"),  # input on without remote
+            ("F1 00 36 10 10 01 47", "C0 01 FF 00 01 C0"),  # remote on
+            ("F0 00 33 05 01 28", "C0 01 FF 08 01 C8"),  # one byte for a word
+            ("F1 00 33 64 01 01 89", "C0 01 FF 30 01 F0"),  # above 100 %
+            ("F1 00 33 05 00 01 29", "C0 01 FF 00 01 C0"),  # 3 A
+            ("F1 00 36 01 01 01 29", "C0 01 FF 00 01 C0"),  # input on
+            ("71 00 33 00 A4", "81 01 33 05 00 00 BA"),  # set value I reads back
+            ("71 00 46 00 B7", "81 01 46 01 01 00 CA"),  # status: remote, input on
+            # 12.5 - 3 * 0.05 = 12.35 V -> 1976; 3 A -> 1280; 37.05 W -> 2371
+            ("75 00 47 00 BC", "85 01 47 07 B8 05 00 09 43 01 DD"),
+        ],
+    )
+    assert sim.remote_on
+    assert sim.input_on
+    assert sim.sink_a == 3.0
+
+
+def test_simulator_drops_a_half_telegram(sim: EaLoadSimulator) -> None:
+    with serial.Serial(str(sim.port.link), 57600, parity=serial.PARITY_ODD, timeout=0.2) as port:
+        port.write(hx("75 00 47"))
+        wait_until(lambda: sim.counters["half_telegrams_dropped"] == 1, what="the half telegram dropped")
+        port.write(hx("70 00 45 00 B5"))
+        assert read_exact(port, 6) == hx("C0 01 FF 08 01 C8")
+        assert port.read(64) == b""
+
+
+def test_identity_and_polling_rate(driver: EaLoadDriver, sim: EaLoadSimulator) -> None:
+    assert driver.identity()["model"] == "EL 3160-60A"
+    assert driver.identity()["serial_number"] == "2649810226"
+    readings: list[Reading] = []
+    deadline = time.monotonic() + 15
+    while len(readings) < 8 and time.monotonic() < deadline:
+        readings += driver.read(timeout=0.5)
+    assert len(readings) >= 8
+    for reading in readings:
+        assert reading.values == {"bat_v": 12.5, "bat_a": 0.0, "power_w": 0.0, "ah": 0.0}
+        assert all(NAME.match(name) for name in reading.values)
+        assert reading.flags == ()
+    stamps = [r.t_ns for r in readings]
+    assert stamps == sorted(stamps)
+    assert len(set(stamps)) == len(stamps)
+    mean_s = (stamps[-1] - stamps[0]) / (len(stamps) - 1) / 1e9
+    assert 0.08 <= mean_s <= 0.4, mean_s  # 10 Hz asked; never faster, late only on a busy machine
+    assert len(readings) <= sim.counters["query_71"] <= len(readings) + driver.health.counters["retries"]
+
+
+def test_control_moves_the_battery(driver: EaLoadDriver, sim: EaLoadSimulator, battery: Battery) -> None:
+    driver.remote(True)
+    driver.input(True)
+    driver.set_current(3.0)
+    wait_until(lambda: battery.current_of("eload") == -3.0, what="the load to sink 3 A")
+    last = read_until(driver, lambda r: r.values.get("bat_a") == -3.0)[-1]
+    assert last.values["bat_v"] == pytest.approx(12.35, abs=0.007)
+    assert last.values["power_w"] == pytest.approx(37.05, abs=0.02)
+    battery.step(1800.0)  # half an hour at 3 A
+    last = read_until(driver, lambda r: r.values.get("ah", 0.0) > 1.0)[-1]
+    assert last.values["ah"] == pytest.approx(1.5, abs=1e-3)
+    assert sim.local_set(5.0, True) is False  # the front panel is locked in remote control
+    driver.input(False)
+    wait_until(lambda: battery.current_of("eload") == 0.0, what="the load to stop")
+    read_until(driver, lambda r: r.values.get("bat_a") == 0.0)
+    driver.remote(False)
+    assert not sim.remote_on
+
+
+def test_set_values_need_remote(driver: EaLoadDriver, sim: EaLoadSimulator) -> None:
+    with pytest.raises(tg.AccessDenied):
+        driver.set_current(2.0)
+    with pytest.raises(tg.AccessDenied):
+        driver.input(True)
+    assert not sim.input_on
+    assert sim.set_current_a == 0.0
+    before = len(sim.transcript)
+    with pytest.raises(ValueError, match=r"0\.\.60 A"):
+        driver.set_current(100.0)
+    assert len(sim.transcript) == before  # nothing sent
+    assert driver.health.counters["device_errors"] == 2
+
+
+def test_local_operation(sim: EaLoadSimulator, battery: Battery, driver: EaLoadDriver) -> None:
+    assert sim.local_set(1.5, True) is True
+    wait_until(lambda: battery.current_of("eload") == -1.5, what="the load to sink 1.5 A")
+    read_until(driver, lambda r: r.values.get("bat_a") == -1.5)
+    with pytest.raises(ValueError, match="current must be"):
+        sim.local_set(61.0, True)
+    sim.local_set(0.0, False)
+    wait_until(lambda: battery.current_of("eload") == 0.0, what="the load to stop")
+
+
+def test_cut_off_below_the_voltage_limit(tmp_path: Path) -> None:
+    battery = Battery(
+        BatteryParams(ocv_soc=(0.0, 1.0), ocv_v=(11.0, 13.0), r0_ohm=0.05, rc_pairs=()), soc=0.5
+    )
+    with EaLoadSimulator(battery, tmp_path / "eload", cutoff_v=11.9) as sim:
+        assert isinstance(sim, EaLoadSimulator)
+        sim.local_set(3.0, True)  # 12.0 V - 0.15 V < 11.9 V
+        wait_until(lambda: sim.sink_a == 0.0 and battery.current_of("eload") == 0.0, what="the cut-off")
+        sim.local_set(0.75, True)  # still latched: the input was not switched off
+        assert sim.sink_a == 0.0
+        sim.local_set(0.75, False)
+        sim.local_set(0.75, True)  # 12.0 - 0.0375 = 11.96 V: above the limit
+        wait_until(lambda: battery.current_of("eload") == -0.75, what="the load to sink again")
+
+
+# --- wire faults ----------------------------------------------------------------------------------
+def test_garbage_half_and_garbled_answers(driver: EaLoadDriver, sim: EaLoadSimulator) -> None:
+    driver.read(timeout=1.0)
+    sim.prefix_garbage(hx("00 FF 85 13 37 C0"))
+    read_until(driver, lambda r: r.flags == () and len(r.values) == 4)
+    assert driver.health.counters["resyncs"] >= 1
+    assert driver.health.counters["skipped_bytes"] >= 6
+    sim.respond_short(1)
+    read_until(driver, lambda r: r.flags == () and driver.health.counters["short_answers"] >= 1)
+    sim.garble(1)
+    read_until(driver, lambda r: r.flags == () and driver.health.counters["checksum_errors"] >= 1)
+    assert driver.health.counters["retries"] >= 2
+
+
+def test_a_failed_answer_gives_a_flagged_sample(sim: EaLoadSimulator, tmp_path: Path) -> None:
+    driver = EaLoadDriver(str(sim.port.link), poll_hz=10.0, answer_timeout_s=0.2, retries=0)
+    driver.open()
+    try:
+        sim.garble(1)  # the next answer is object 71's: its values go, the Ah counter stays
+        (reading,) = driver.read(timeout=2.0)
+        assert reading.values == {"ah": 0.0}
+        assert reading.flags == ("missing:bat_v", "missing:bat_a", "missing:power_w")
+        assert all(FLAG.match(flag) for flag in reading.flags)
+    finally:
+        driver.close()
+
+
+def test_a_mute_instrument_gives_no_samples_until_it_answers_again(
+    sim: EaLoadSimulator, battery: Battery
+) -> None:
+    driver = EaLoadDriver(str(sim.port.link), poll_hz=10.0, answer_timeout_s=0.1, retries=1)
+    driver.open()
+    try:
+        read_until(driver, lambda r: r.values["bat_v"] == 12.5)
+        sim.mute()
+        sim.local_set(6.0, True)  # the world changes while nobody hears about it
+        deadline = time.monotonic() + 15
+        while driver.health.counters["polls_without_sample"] < 3 and time.monotonic() < deadline:
+            assert driver.read(timeout=0.5) == []
+        assert driver.health.counters["polls_without_sample"] >= 3
+        assert driver.health.counters["timeouts"] >= 6
+        assert (driver.health.gauges["consecutive_failed_polls"] or 0) >= 3
+        assert driver.health.last_error is not None
+        assert "no valid answer" in driver.health.last_error
+        resumed_ns = time.time_ns()
+        sim.mute(False)
+        first = read_until(driver, lambda r: True)[0]
+        assert first.t_ns > resumed_ns
+        assert first.values["bat_a"] == -6.0  # fresh, not what was last heard
+        assert driver.health.gauges["consecutive_failed_polls"] == 0
+    finally:
+        driver.close()
+
+
+def test_port_vanishing_and_returning(driver: EaLoadDriver, sim: EaLoadSimulator) -> None:
+    read_until(driver, lambda r: True)
+    sim.unplug()
+    deadline = time.monotonic() + 10
+    while driver.health.counters["connection_losses"] == 0 and time.monotonic() < deadline:
+        assert driver.read(timeout=0.5) == []
+    assert driver.health.counters["connection_losses"] == 1
+    assert driver.read(timeout=0.3) == []  # still gone: no samples, no exception
+    assert driver.health.last_error is not None
+    assert "cannot open" in driver.health.last_error
+    sim.replug()
+    read_until(driver, lambda r: len(r.values) == 4)
+    assert driver.health.counters["port_reopens"] == 1
+    assert driver.identity()["serial_number"] == "2649810226"
+
+
+def test_control_on_a_mute_load_raises_no_answer(sim: EaLoadSimulator) -> None:
+    driver = EaLoadDriver(str(sim.port.link), answer_timeout_s=0.1, retries=1)
+    driver.open()
+    try:
+        sim.mute()
+        with pytest.raises(NoAnswer):
+            driver.remote(True)
+        assert driver.health.counters["timeouts"] == 2
+    finally:
+        driver.close()
+
+
+def test_control_on_a_closed_driver_is_connection_lost(sim: EaLoadSimulator) -> None:
+    driver = EaLoadDriver(str(sim.port.link))
+    with pytest.raises(ConnectionLost):
+        driver.remote(True)
+    with pytest.raises(ConnectionLost):
+        driver.set_current(1.0)
