@@ -80,9 +80,7 @@ class Spool:
                         "DELETE FROM samples WHERE seq IN (SELECT seq FROM samples ORDER BY seq LIMIT ?)",
                         (overflow,),
                     )
-                    self._db.execute(
-                        "UPDATE meta SET value = value + ? WHERE key = 'dropped'", (overflow,)
-                    )
+                    self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (overflow,))
             self.next_seq = seq
             self.depth += len(rows) - overflow
             if overflow:

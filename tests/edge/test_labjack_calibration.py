@@ -1,0 +1,206 @@
+"""LabJack calibrations and channel settings: the maths, the validation, the TOML shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+
+import pytest
+
+from soclab.edge.instruments.labjack_t7 import ChannelSpec, Divider, LabJackDriver, LemCurrent, Raw
+from soclab.edge.instruments.labjack_t7 import ljm_standin as standin
+from soclab.edge.instruments.labjack_t7.calibration import calibration_from_config
+from soclab.edge.sim.battery import Battery
+
+
+@pytest.fixture
+def lab_standin():
+    standin.configure(Battery(), seed=1)
+    yield standin
+    standin.reset()
+
+
+# --- LEM LA 55-P ----------------------------------------------------------------------------------
+def test_lem_known_volts_give_known_amps():
+    # 3 A through one turn: I_S = 3 mA, into 150 ohm = 0.45 V
+    assert LemCurrent(150.0).apply(0.45) == pytest.approx(3.0)
+    assert LemCurrent(150.0).apply(-0.45) == pytest.approx(-3.0)
+    # two primary turns double the ampere-turns: the same 0.45 V is 1.5 A
+    assert LemCurrent(150.0, turns=2).apply(0.45) == pytest.approx(1.5)
+    assert LemCurrent(100.0).primary_a(0.1) == pytest.approx(1.0)
+
+
+def test_lem_gain_then_offset_in_amps():
+    cal = LemCurrent(150.0, gain=1.04, offset_a=-0.02)
+    assert cal.apply(0.45) == pytest.approx(1.04 * 3.0 - 0.02)
+    assert cal.apply(cal.volts_for(-2.9)) == pytest.approx(-2.9)
+
+
+def test_divider_and_raw():
+    assert Divider(4.0).apply(3.2) == pytest.approx(12.8)
+    assert Divider(4.0, gain=0.99, offset_v=0.01).apply(3.2) == pytest.approx(0.99 * 12.8 + 0.01)
+    assert Divider(2.0).volts_for(14.4) == pytest.approx(7.2)
+    assert Raw().apply(1.234) == 1.234
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: LemCurrent(0.0), "resistor_ohm"),
+        (lambda: LemCurrent(-150.0), "resistor_ohm"),
+        (lambda: LemCurrent(math.nan), "resistor_ohm"),
+        (lambda: LemCurrent(150.0, turns=0), "turns"),
+        (lambda: LemCurrent(150.0, turns=1.5), "turns"),
+        (lambda: LemCurrent(150.0, turns=True), "turns"),
+        (lambda: LemCurrent(150.0, gain=0.0), "gain"),
+        (lambda: LemCurrent(150.0, offset_a=math.inf), "offset_a"),
+        (lambda: Divider(0.5), "ratio"),
+        (lambda: Divider(4.0, gain=0), "gain"),
+    ],
+)
+def test_calibrations_validate_themselves(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_calibrations_are_frozen():
+    cal = LemCurrent(150.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cal.gain = 2.0  # type: ignore[misc]
+
+
+def test_calibration_from_config():
+    cal = calibration_from_config("lem_la55p", {"resistor_ohm": 150.0, "turns": 2, "offset_a": 0.1})
+    assert cal == LemCurrent(150.0, turns=2, offset_a=0.1)
+    assert calibration_from_config("divider", {"ratio": 4.0}) == Divider(4.0)
+    assert calibration_from_config("raw", {}) == Raw()
+    with pytest.raises(ValueError, match="unknown calibration"):
+        calibration_from_config("shunt", {})
+    with pytest.raises(ValueError, match="ohms"):
+        calibration_from_config("lem_la55p", {"ohms": 150.0})
+
+
+# --- channels -------------------------------------------------------------------------------------
+def test_channel_settings():
+    spec = ChannelSpec("AIN2", calibration=Divider(4.0), range_v=1.0, resolution_index=8, negative_ch=3)
+    assert spec.settings() == [("AIN2_RANGE", 1.0), ("AIN2_RESOLUTION_INDEX", 8), ("AIN2_NEGATIVE_CH", 3)]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ain": "AIN"},
+        {"ain": "ain1"},
+        {"ain": "AIN1", "range_v": 5.0},
+        {"ain": "AIN1", "resolution_index": 13},
+        {"ain": "AIN1", "negative_ch": 2},  # differential pairs start on an even AIN
+        {"ain": "AIN2", "negative_ch": 4},
+    ],
+)
+def test_channel_spec_validates(kwargs):
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        ChannelSpec(**kwargs)
+
+
+def test_field_names_carry_the_unit(lab_standin):
+    lem = ChannelSpec("AIN1", calibration=LemCurrent(150.0))
+    with pytest.raises(ValueError, match="_a"):
+        LabJackDriver({"bat_v": lem}, backend="standin")
+    with pytest.raises(ValueError, match="_v"):
+        LabJackDriver({"bat_a": ChannelSpec("AIN1")}, backend="standin")  # raw volts are not amps
+    with pytest.raises(ValueError, match="must match"):
+        LabJackDriver({"Bat_A": lem}, backend="standin")
+    with pytest.raises(ValueError, match="at most once"):
+        LabJackDriver({"bat_a": lem, "lem_a": lem}, backend="standin")
+    LabJackDriver({"ain1_v": ChannelSpec("AIN1")}, backend="standin")
+
+
+def test_driver_settings_are_checked(lab_standin):
+    chans = {"bat_v": ChannelSpec("AIN2", calibration=Divider(4.0))}
+    for bad in (
+        {"mode": "burst"},
+        {"rate_hz": 0},
+        {"rate_hz": 1000},
+        {"mode": "stream", "scan_rate_hz": 200_000},
+        {"mode": "stream", "scans_per_read": 0},
+        {"mode": "stream", "scan_rate_hz": 100, "scans_per_read": 1000},  # one read would take 10 s
+        {"stream_resolution_index": 9},
+        {"max_clock_offset_ms": 0},
+    ):
+        with pytest.raises(ValueError):  # noqa: PT011
+            LabJackDriver(chans, backend="standin", **bad)
+    with pytest.raises(ValueError, match="unknown LabJack backend"):
+        LabJackDriver(chans, backend="u12")
+
+
+# --- the [instrument] table -------------------------------------------------------------------------
+EXAMPLE = """
+[instrument]
+backend = "standin"
+mode = "stream"
+scan_rate_hz = 2000.0
+scans_per_read = 200
+stream_settling_us = 0.0
+stream_resolution_index = 0
+max_clock_offset_ms = 5.0
+device_type = "T7"
+connection_type = "USB"
+identifier = "ANY"
+
+[instrument.channels.bat_a]
+ain = "AIN1"
+range_v = 10.0
+calibration = "lem_la55p"
+resistor_ohm = 150.0
+turns = 1
+gain = 1.0
+offset_a = 0.0
+
+[instrument.channels.bat_v]
+ain = "AIN2"
+calibration = "divider"
+ratio = 2.0
+
+[instrument.standin]
+battery_file = "/run/soclab/battery.state"
+resistor_ohm = 150.0
+divider_ratio = 2.0
+drift_ppm = 20.0
+"""
+
+
+def test_from_config_builds_the_driver_and_wires_the_standin():
+    table = tomllib.loads(EXAMPLE)["instrument"]
+    try:
+        driver = LabJackDriver.from_config(table)
+        assert driver.mode == "stream"
+        assert driver.scan_rate_hz == 2000.0
+        assert driver.channels["bat_a"] == ChannelSpec("AIN1", calibration=LemCurrent(150.0))
+        assert driver.channels["bat_v"].calibration == Divider(2.0)
+        ident = driver.identity()
+        assert (
+            ident["channel_bat_a"]
+            == "AIN1 single-ended +-10 V, lem_la55p r_m=150 ohm turns=1 gain=1 offset_a=0"
+        )
+    finally:
+        standin.reset()
+
+
+def test_from_config_takes_environment_strings_and_names_mistakes(lab_standin):
+    base = {
+        "backend": "standin",
+        "channels": {"bat_v": {"ain": "AIN2", "calibration": "divider", "ratio": 2.0}},
+    }
+    driver = LabJackDriver.from_config({**base, "rate_hz": "10", "mode": "command"})
+    assert driver.rate_hz == 10.0
+    with pytest.raises(ValueError, match="rate_hz"):
+        LabJackDriver.from_config({**base, "rate_hz": "fast"})
+    with pytest.raises(ValueError, match="scan_rate"):
+        LabJackDriver.from_config({**base, "scan_rate": 1000})
+    with pytest.raises(ValueError, match=r"channels\.bat_v.*ratio"):
+        LabJackDriver.from_config({**base, "channels": {"bat_v": {"ain": "AIN2", "calibration": "divider"}}})
+    with pytest.raises(ValueError, match="needs"):
+        LabJackDriver.from_config({"backend": "standin"})
+    with pytest.raises(ValueError, match="only for backend"):
+        LabJackDriver.from_config({**base, "backend": "ljm", "standin": {"battery_file": "x"}})
