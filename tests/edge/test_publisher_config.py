@@ -58,3 +58,10 @@ def test_password_only_from_environment(tmp_path):
 def test_bad_settings_are_named(tmp_path, text, env, message):
     with pytest.raises(ConfigError, match=message):
         load(write(tmp_path, text), env=env)
+
+
+def test_environment_reaches_into_instrument_sub_tables(tmp_path):
+    text = TOML.replace("[mqtt]", '[instrument.standin]\nbattery_file = "/run/x"\n\n[mqtt]')
+    env = {"SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE": "/var/lab/b", "SOCLAB_INSTRUMENT_PORT": "/dev/pts/3"}
+    config = load(write(tmp_path, text), env=env)
+    assert config.instrument == {"port": "/dev/pts/3", "standin": {"battery_file": "/var/lab/b"}}

@@ -114,11 +114,7 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}, instrument")
     sections = {name: _section(name, cls, raw.get(name, {}), env) for name, cls in _SECTIONS.items()}
-    instrument = dict(raw.get("instrument", {}))
-    for key, value in env.items():
-        prefix = "SOCLAB_INSTRUMENT_"
-        if key.startswith(prefix):
-            instrument[key[len(prefix) :].lower()] = value
+    instrument = _instrument(raw.get("instrument", {}), env)
     config = PublisherConfig(
         instrument=instrument,
         log_level=env.get("SOCLAB_LOG_LEVEL", raw.get("log_level", "INFO")),
@@ -131,6 +127,27 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
     if config.source.kind not in ("mppt", "eload", "labjack"):
         raise ConfigError(f"source.kind {config.source.kind!r} is not mppt, eload or labjack")
     return config
+
+
+def _instrument(table: Any, env: dict[str, str]) -> dict[str, Any]:
+    """The driver's table, with ``SOCLAB_INSTRUMENT_<KEY>`` over it; ``__`` reaches into a
+    sub-table (``SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE`` sets ``[instrument.standin]
+    battery_file``). Values from the environment are strings: the driver converts them."""
+    if not isinstance(table, dict):
+        raise ConfigError("[instrument] must be a table")
+    instrument = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
+    prefix = "SOCLAB_INSTRUMENT_"
+    for variable, value in env.items():
+        if not variable.startswith(prefix):
+            continue
+        *parents, key = variable[len(prefix) :].lower().split("__")
+        target = instrument
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{variable}: [instrument] {parent} is not a table")
+        target[key] = value
+    return instrument
 
 
 def _section(name: str, cls: type, table: dict[str, Any], env: dict[str, str]) -> Any:

@@ -109,11 +109,21 @@ class Publisher:
         except Exception as exc:  # absent at start: read() keeps trying with backoff
             log.warning("event=instrument_unavailable error=%r", str(exc))
             self.instrument.health.last_error = f"cannot open: {exc}"
+        failures = 0
         while not self._stop.is_set():
-            readings = self.instrument.read(timeout=0.5)
-            if readings:
-                self.spool.append(readings)
-                self._wakeup.set()
+            try:
+                readings = self.instrument.read(timeout=0.5)
+                if readings:
+                    self.spool.append(readings)  # a full disk raises here: counted and logged below
+                    self._wakeup.set()
+            except Exception as exc:  # an error must not end acquisition: count, log, retry
+                failures += 1
+                self.counters["acquisition_errors"] += 1
+                self.instrument.health.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("event=acquisition_error consecutive=%d", failures)
+                self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                continue
+            failures = 0
         self.instrument.close()
 
     def _take_acks(self) -> None:

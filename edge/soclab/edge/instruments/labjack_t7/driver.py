@@ -12,8 +12,8 @@ divider or raw volts), so raw volts can never pass for amps again.
   scan_rate seconds whatever ``timeout`` says (that is how eStreamRead works).
 
 A skipped sample (-9999.0, LJM's stream auto-recovery) is left out of ``values`` and named in the
-flags (``skipped:<field>``); a scan where every channel was skipped has nothing to carry (the data
-schema needs one value), so it yields no Reading and is counted (``skipped_scans``).
+flags (``skipped:<field>``); a scan where every channel was skipped still yields a Reading, with
+no values and only flags, so its sequence number and time stay in the record (``skipped_scans``).
 
 Errors: a vanished device -> ConnectionLost (the base reopens: opens, configures, restarts the
 stream); a stopped stream -> StreamLost (the same); anything else LJM says -> LabJackError with
@@ -432,7 +432,6 @@ class LabJackDriver(Instrument):
             self.health.counters["skipped_samples"] += len(flags)
         if not values:
             self.health.counters["skipped_scans"] += 1
-            return None
         return Reading(t_ns, values, tuple(flags))
 
     def _error(self, exc: Exception, doing: str) -> InstrumentError:
