@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    with run_lab(settings, args.var.resolve()) as view:
+    var = args.var.resolve()
+    with run_lab(settings, var) as (view, children):
         deadline = time.monotonic() + args.duration if args.duration else None
         next_query = 0.0
         while not stop_requested and (deadline is None or time.monotonic() < deadline):
@@ -101,23 +102,23 @@ def main(argv: list[str] | None = None) -> int:
                 view.refresh_stored()
                 next_query = time.monotonic() + 3.0
             view.show()
+            for name, code in children.failed():
+                print(f"! {name} exited with code {code}: see {var / 'logs' / name}.log", flush=True)
             time.sleep(1.0)
     print("lab stopped; nothing left running. Data and logs are in", args.var)
     return 0
 
 
 @contextlib.contextmanager
-def run_lab(settings: LabSettings, var: Path) -> Iterator[LiveView]:
+def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LiveView, Children]]:
     """Start everything in order; stop it all in reverse order, whatever happens."""
     children = Children(var / "logs")
     with contextlib.ExitStack() as stack:
-        stack.callback(children.stop_all)
         broker_host, broker_port = _broker(settings, var, stack)
         influx_env, stored_counts = _database(settings, var, stack)
-        env = _publisher_env(settings, var, broker_host, broker_port)
-        _start_simulated_lab(settings, var, children, env)
-        for name, table in settings.instruments.items():
-            _start_publisher(name, table, var, children, env)
+        # Children stop in reverse order of start, before the servers: publishers flush to the
+        # broker, then the simulated lab goes, then the bridge writes what is left.
+        stack.callback(children.stop_all)
         children.start(
             "bridge",
             ["-m", "soclab.cloud.bridge"],
@@ -128,12 +129,14 @@ def run_lab(settings: LabSettings, var: Path) -> Iterator[LiveView]:
                 **influx_env,
             },
         )
+        env = _publisher_env(settings, var, broker_host, broker_port)
+        _start_simulated_lab(settings, var, children, env)
+        for name, table in settings.instruments.items():
+            _start_publisher(name, table, var, children, env)
         view = LiveView(broker_host, broker_port, stored_counts)
         view.start()
         stack.callback(view.stop)
-        yield view
-        for name, code in children.failed():
-            print(f"{name} exited with code {code}; see {var / 'logs' / (name + '.log')}", file=sys.stderr)
+        yield view, children
 
 
 def _broker(settings: LabSettings, var: Path, stack: contextlib.ExitStack) -> tuple[str, int]:
@@ -221,7 +224,7 @@ def _start_publisher(
     if name in ("mppt", "eload"):
         extra["SOCLAB_INSTRUMENT_PORT"] = table.get("port") or str(var / "dev" / name)
     elif name == "labjack" and table.get("backend", "standin") == "standin":
-        extra["SOCLAB_INSTRUMENT_BATTERY_STATE"] = str(var / "battery.state")
+        extra["SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE"] = str(var / "battery.state")
     children.start(name, ["-m", "soclab.edge.publisher", "--config", str(config)], env=extra)
 
 
