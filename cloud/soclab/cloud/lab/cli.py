@@ -126,6 +126,7 @@ def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LiveView, Childr
                 "SOCLAB_BRIDGE_MQTT_HOST": broker_host,
                 "SOCLAB_BRIDGE_MQTT_PORT": str(broker_port),
                 "SOCLAB_BRIDGE_ID": "lab",
+                "SOCLAB_BRIDGE_SITE": settings.site,
                 **influx_env,
             },
         )
@@ -203,6 +204,8 @@ def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, e
         str(sim.get("speed", 1.0)),
         "--mppt-dialect",
         str(sim.get("mppt_dialect", "v21")),
+        "--mppt-period",
+        str(sim.get("mppt_period_s", 1.0)),
     ]
     proc = children.start("simulator", args, stdout=subprocess.PIPE)
     assert proc.stdout is not None

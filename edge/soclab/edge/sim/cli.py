@@ -39,7 +39,7 @@ def _simulators(names: list[str], battery: Battery, dev_dir: Path, args: argpars
         if name == "mppt":
             from soclab.edge.instruments.libresolar_mppt.simulator import MpptSimulator
 
-            sims[name] = MpptSimulator(battery, link, dialect=args.mppt_dialect)
+            sims[name] = MpptSimulator(battery, link, dialect=args.mppt_dialect, period_s=args.mppt_period)
         elif name == "eload":
             from soclab.edge.instruments.ea_el3000.simulator import EaLoadSimulator
 
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-dir", type=Path, default=Path("var/lab/dev"), help="where the links go")
     parser.add_argument("--instruments", default="mppt,eload", help="comma-separated: mppt, eload")
     parser.add_argument("--mppt-dialect", default="v21", help="v21, v0.4 or v0.5")
+    parser.add_argument("--mppt-period", type=float, default=1.0, help="seconds between publications")
     parser.add_argument("--profile", default="lab-evening", help="lab-evening, replay:<csv>, none")
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed (replay profile)")
     parser.add_argument("--soc", type=float, default=0.6, help="initial state of charge, 0..1")
