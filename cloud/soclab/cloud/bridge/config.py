@@ -1,0 +1,223 @@
+"""The bridge's settings: a TOML file (see ``bridge.example.toml``), then environment variables.
+
+Every setting ``[section] key`` can be overridden by ``SOCLAB_BRIDGE_<SECTION>_<KEY>`` (upper
+case), e.g. ``SOCLAB_BRIDGE_MQTT_HOST``. The two secrets come only from the environment
+(``SOCLAB_BRIDGE_INFLUX_TOKEN``, ``SOCLAB_BRIDGE_MQTT_PASSWORD``) or from a file the
+configuration names (``token_file``, ``password_file``: a Docker or systemd credential), never
+from the TOML itself and never from a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A setting that is missing, misspelt or of the wrong type; the message names it."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "localhost"
+    port: int = 1883
+    client_id: str = ""  # default: soclab-bridge-<bridge id>; fixed, so the broker keeps the session
+    username: str = ""
+    password: str = field(default="", repr=False)  # SOCLAB_BRIDGE_MQTT_PASSWORD or password_file
+    password_file: str = ""
+    tls_ca: str = ""  # CA file: enables TLS
+    tls_cert: str = ""  # client certificate (optional)
+    tls_key: str = ""
+    keepalive_s: int = 30
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 30
+    # Messages received but not yet written or dead-lettered. The broker's max_inflight_messages
+    # for this client is the real window (Mosquitto sends no more unacknowledged messages); this
+    # is the safety net if the broker allows more: the bridge then stops reading from the socket.
+    max_pending_messages: int = 1000
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    url: str = ""
+    org: str = ""
+    bucket: str = ""
+    token: str = field(default="", repr=False)  # SOCLAB_BRIDGE_INFLUX_TOKEN or token_file
+    token_file: str = ""
+    timeout_ms: int = 10_000
+    gzip: bool = False
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    points: int = 5000  # write when this many points are pending,
+    ms: int = 100  # or when the oldest pending point has waited this long,
+    idle_ms: int = 5  # or when no message has come for this long (the broker's window may be full)
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    initial_s: float = 0.5  # first pause after a failed write, doubled each time
+    max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    mqtt: MqttConfig
+    influx: InfluxConfig
+    id: str = "bridge"  # names the status topic soclab-bridge/<id>/status and the dead letters' consumer
+    site: str = "+"  # subscribe to soclab/<site>/+/+/data; "+" is every site
+    status_interval_s: float = 5.0
+    shutdown_timeout_s: float = 10.0  # at stop, how long to keep retrying a write before leaving it
+    log_level: str = "INFO"
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"soclab-bridge-{self.id}"
+
+    def check(self) -> BridgeConfig:
+        """Raise ConfigError for what cannot work; return self."""
+        if not _NAME.match(self.id):
+            raise ConfigError(f"[bridge] id {self.id!r} must match {_NAME.pattern}")
+        if self.site != "+" and not _NAME.match(self.site):
+            raise ConfigError(f"[bridge] site {self.site!r} must be '+' or match {_NAME.pattern}")
+        for name in ("url", "org", "bucket"):
+            if not getattr(self.influx, name):
+                raise ConfigError(f"[influx] {name} is required")
+        if not self.influx.token:
+            raise ConfigError("InfluxDB token missing: set SOCLAB_BRIDGE_INFLUX_TOKEN or [influx] token_file")
+        if self.mqtt.password and not self.mqtt.username:
+            raise ConfigError("an MQTT password without [mqtt] username")
+        positive = {
+            "[batch] points": self.batch.points,
+            "[batch] ms": self.batch.ms,
+            "[batch] idle_ms": self.batch.idle_ms,
+            "[mqtt] max_pending_messages": self.mqtt.max_pending_messages,
+            "[retry] initial_s": self.retry.initial_s,
+            "[retry] max_s": self.retry.max_s,
+            "status_interval_s": self.status_interval_s,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value!r}")
+        return self
+
+
+_SECTIONS: dict[str, type] = {
+    "mqtt": MqttConfig,
+    "influx": InfluxConfig,
+    "batch": BatchConfig,
+    "retry": RetryConfig,
+}
+_TOP_LEVEL = {
+    "id": str,
+    "site": str,
+    "status_interval_s": float,
+    "shutdown_timeout_s": float,
+    "log_level": str,
+}
+_SECRETS = {("mqtt", "password"): "password_file", ("influx", "token"): "token_file"}
+_ENV = "SOCLAB_BRIDGE_"
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> BridgeConfig:
+    """Read the TOML file (if any), apply ``SOCLAB_BRIDGE_*`` variables, read secrets, check."""
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    bridge_table = raw.pop("bridge", {})
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: bridge, {', '.join(_SECTIONS)}")
+    top = _top_level(bridge_table, env)
+    sections = {name: _section(name, cls, raw.get(name, {}), env) for name, cls in _SECTIONS.items()}
+    sections["mqtt"] = replace(sections["mqtt"], password=_secret(env, "mqtt", "password", sections["mqtt"]))
+    sections["influx"] = replace(
+        sections["influx"], token=_secret(env, "influx", "token", sections["influx"])
+    )
+    return BridgeConfig(**top, **sections).check()
+
+
+def _top_level(table: Any, env: dict[str, str]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError("[bridge] must be a table")
+    for key in table:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(f"[bridge] has no setting {key!r}; known: {', '.join(_TOP_LEVEL)}")
+    values = dict(table)
+    for key, kind in _TOP_LEVEL.items():
+        name = f"{_ENV}{key.upper()}"
+        if name in env:
+            values[key] = _parse(env[name], kind, name)
+    for key, value in values.items():
+        _check_type(f"[bridge] {key}", value, _TOP_LEVEL[key])
+    return values
+
+
+def _section(name: str, cls: type, table: Any, env: dict[str, str]) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key in table:
+        if (name, key) in _SECRETS:
+            raise ConfigError(
+                f"[{name}] {key}: secrets are not read from the config file; set "
+                f"{_ENV}{name.upper()}_{key.upper()} or [{name}] {_SECRETS[name, key]}"
+            )
+        if key not in known:
+            raise ConfigError(f"[{name}] has no setting {key!r}; known: {', '.join(known)}")
+    values = dict(table)
+    for key, f in known.items():
+        variable = f"{_ENV}{name.upper()}_{key.upper()}"
+        if variable in env and (name, key) not in _SECRETS:
+            values[key] = _parse(env[variable], _kind(f.type), variable)
+    for key, value in values.items():
+        _check_type(f"[{name}] {key}", value, _kind(known[key].type))
+    return cls(**values)
+
+
+def _secret(env: dict[str, str], section: str, key: str, config: Any) -> str:
+    value = env.get(f"{_ENV}{section.upper()}_{key.upper()}", "")
+    file_name = getattr(config, _SECRETS[section, key])
+    if not value and file_name:
+        try:
+            value = Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"[{section}] {_SECRETS[section, key]}: {exc}") from None
+    return value
+
+
+def _kind(annotation: Any) -> type:
+    return {"int": int, "float": float, "bool": bool, "str": str}[str(annotation)]
+
+
+def _parse(text: str, kind: type, where: str) -> Any:
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}={text!r} is not a boolean (true/false)")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{where}={text!r} is not a valid {kind.__name__}") from None
+
+
+def _check_type(where: str, value: Any, kind: type) -> None:
+    accepted: tuple[type, ...] = (int, float) if kind is float else (kind,)
+    if not isinstance(value, accepted) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")

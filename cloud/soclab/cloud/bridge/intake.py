@@ -1,0 +1,117 @@
+"""From one MQTT message to line protocol, or to the reason it cannot be stored.
+
+A data message is accepted when it is JSON, valid against ``soclab.data/1`` (the schema in
+``soclab.wire``; ``schemacheck`` answers the common case quickly, ``soclab.wire.decode`` has the
+last word and gives the reason), its ``source`` names the same site, node and device as its topic,
+and ``points.line_protocol`` can represent it. Anything else is rejected with a one-line reason
+and becomes a ``soclab.deadletter/1`` message (``dead_letter()``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any
+
+from soclab.cloud.bridge import points, schemacheck
+from soclab.wire import DATA_SCHEMA, DEADLETTER_SCHEMA, InvalidMessage, Topic, TopicError, decode, encode
+from soclab.wire.messages import schema_document
+
+log = logging.getLogger("soclab.cloud.bridge")
+
+
+class Rejected(ValueError):
+    """A message the bridge will not store; ``reason`` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Intake:
+    """Turns data messages into line protocol (``lines()``) or raises ``Rejected``."""
+
+    def __init__(self) -> None:
+        try:
+            self._quick: schemacheck.Check | None = schemacheck.compile_schema(schema_document(DATA_SCHEMA))
+        except schemacheck.Unsupported as exc:
+            log.warning("event=schemacheck_unavailable reason=%r (validating with jsonschema only)", str(exc))
+            self._quick = None
+
+    def lines(self, topic: str, payload: bytes) -> list[str]:
+        message = self.decode(payload)
+        source = message["source"]
+        try:
+            where = Topic.parse(topic)
+        except TopicError as exc:
+            raise Rejected(f"topic: {exc}") from None
+        if where.kind != "data":
+            raise Rejected(f"topic {topic!r} is not a data topic")
+        if (source["site"], source["node"], source["device"]) != (where.site, where.node, where.device):
+            raise Rejected(
+                f"source {source['site']}/{source['node']}/{source['device']} does not match topic {topic}"
+            )
+        try:
+            return points.line_protocol(message)
+        except points.PointError as exc:
+            raise Rejected(str(exc)) from None
+
+    def decode(self, payload: bytes) -> dict[str, Any]:
+        """The valid data message in ``payload``, or Rejected with ``soclab.wire``'s reason."""
+        if self._quick is not None:
+            try:
+                message = json.loads(payload, parse_constant=_reject_constant)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                message = None  # decode() below says why, in soclab.wire's words
+            except RecursionError:
+                raise Rejected("not JSON: nested too deeply") from None
+            if message is not None and self._quick_yes(message):
+                return message
+        try:
+            return decode(payload, DATA_SCHEMA)
+        except InvalidMessage as exc:
+            raise Rejected(exc.reason) from None
+        except RecursionError:
+            raise Rejected("not JSON: nested too deeply") from None
+        except Exception as exc:  # the validator tripped over it: still an invalid payload, not a crash
+            log.error("event=validator_error error=%r", repr(exc), exc_info=exc)
+            raise Rejected(f"invalid message (the validator failed: {type(exc).__name__}: {exc})") from None
+
+    def _quick_yes(self, message: Any) -> bool:
+        try:
+            return self._quick is not None and self._quick(message)
+        except Exception:  # e.g. RecursionError: let the full validator judge
+            return False
+
+
+def _reject_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
+def dead_letter(
+    topic: str, payload: bytes, reason: str, *, received_ns: int, consumer: str, fallback_topic: str
+) -> tuple[str, bytes]:
+    """The dead-letter topic and ``soclab.deadletter/1`` message for a rejected message.
+
+    It goes to the device's ``.../deadletter`` topic, or to ``fallback_topic`` when the original
+    topic does not name a device (e.g. an invalid topic level).
+    """
+    try:
+        target = str(Topic.parse(topic).with_kind("deadletter"))
+    except TopicError:
+        target = fallback_topic
+    try:
+        text, encoding = payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+    message = {
+        "schema": DEADLETTER_SCHEMA,
+        "topic": topic,
+        "reason": reason,
+        "received_ns": received_ns,
+        "consumer": consumer,
+        "encoding": encoding,
+        "payload": text,
+    }
+    return target, encode(message)
