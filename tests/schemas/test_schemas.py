@@ -33,6 +33,8 @@ def test_invalid_examples_are_refused(path):
         (b'{"schema": "soclab.data/1", "x": NaN}', "not JSON"),
         (b'{"schema": "soclab.data/9"}', "unknown schema"),
         (b"[]", "not a JSON object"),
+        (b'{"schema": []}', "unknown schema"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
 def test_undecodable_payloads_say_why(payload, reason):
@@ -51,6 +53,11 @@ def test_topics_round_trip_and_refuse_wildcards():
     assert topic == Topic("lab1", "pi-01", "mppt", "data")
     assert str(topic.with_kind("status")) == "soclab/lab1/pi-01/mppt/status"
     assert Topic.subscription("data") == "soclab/+/+/+/data"
-    for bad in ("soclab/lab1/pi-01/+/data", "other/lab1/pi-01/mppt/data", "soclab/lab1/mppt/data"):
+    for bad in (
+        "soclab/lab1\n/pi-01/mppt/data",
+        "soclab/lab1/pi-01/+/data",
+        "other/lab1/pi-01/mppt/data",
+        "soclab/lab1/mppt/data",
+    ):
         with pytest.raises(TopicError):
             Topic.parse(bad)

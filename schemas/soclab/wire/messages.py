@@ -1,4 +1,13 @@
-"""Load the JSON Schemas, encode, decode and validate messages against them."""
+"""Load the JSON Schemas, encode, decode and validate messages against them.
+
+Two validators read the same schema files. ``fastjsonschema`` compiles each schema to Python
+once and judges a message in a few µs per sample, which the bridge and a LabJack streaming on a
+Pi both need; its verdict stands. ``jsonschema`` (the reference implementation of draft 2020-12)
+is asked only for the reason when a message is refused. The tests compare the two verdicts on
+thousands of mutated messages: they agree, except that jsonschema lets a pattern's ``$`` match
+before a trailing newline (Python's ``re``), so it would accept a topic level "lab1\n", which
+ECMA-262 regular expressions, and fastjsonschema, refuse.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
@@ -49,6 +59,23 @@ def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=registry)
 
 
+@cache
+def _fast(name: str) -> Any:
+    by_id = {doc["$id"]: doc for doc in _schemas().values()}
+    return fastjsonschema.compile(
+        _schemas()[_FILES[name]], handlers={"https": lambda uri: by_id[uri.split("#")[0]]}
+    )
+
+
+def is_valid_fast(message: Any, name: str) -> bool:
+    """The fast validator's verdict, which ``validate`` follows."""
+    try:
+        _fast(name)(message)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
+
+
 def validate(message: Any, expected: str | None = None) -> dict[str, Any]:
     """Return ``message`` if it is a valid soclab message (of kind ``expected`` if given).
 
@@ -57,14 +84,18 @@ def validate(message: Any, expected: str | None = None) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise InvalidMessage(f"message is {type(message).__name__}, not a JSON object")
     name = message.get("schema")
-    if name not in _FILES:
+    if not isinstance(name, str) or name not in _FILES:
         raise InvalidMessage(f"unknown schema {name!r}")
     if expected is not None and name != expected:
         raise InvalidMessage(f"schema is {name!r}, expected {expected!r}")
-    error = next(iter(_validator(name).iter_errors(message)), None)
-    if error is not None:
+    try:
+        _fast(name)(message)
+    except fastjsonschema.JsonSchemaException as fast_error:
+        error = next(iter(_validator(name).iter_errors(message)), None)
+        if error is None:
+            raise InvalidMessage(f"{name} invalid: {fast_error.message[:300]}") from None
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise InvalidMessage(f"{name} invalid at {where}: {error.message[:300]}")
+        raise InvalidMessage(f"{name} invalid at {where}: {error.message[:300]}") from None
     return message
 
 
@@ -74,6 +105,8 @@ def decode(payload: bytes, expected: str | None = None) -> dict[str, Any]:
         message = json.loads(payload, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidMessage(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidMessage("not JSON this side can read: nested too deeply") from None
     return validate(message, expected)
 
 

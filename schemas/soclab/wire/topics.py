@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 ROOT = "soclab"
 KINDS = ("data", "status", "cmd", "cmd/result", "deadletter")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 class TopicError(ValueError):
@@ -24,7 +24,7 @@ class Topic:
     def __post_init__(self) -> None:
         for level in ("site", "node", "device"):
             value = getattr(self, level)
-            if not _NAME.match(value):
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise TopicError(f"{level} {value!r} is not a valid topic level ([a-z0-9][a-z0-9_-]*)")
         if self.kind not in KINDS:
             raise TopicError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")

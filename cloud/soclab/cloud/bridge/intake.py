@@ -1,8 +1,8 @@
 """From one MQTT message to line protocol, or to the reason it cannot be stored.
 
 A data message is accepted when it is JSON, valid against ``soclab.data/1`` (the schema in
-``soclab.wire``; ``schemacheck`` answers the common case quickly, ``soclab.wire.decode`` has the
-last word and gives the reason), its ``source`` names the same site, node and device as its topic,
+``soclab.wire``, whose ``decode`` is fast for valid messages and gives the reason for invalid
+ones), its ``source`` names the same site, node and device as its topic,
 and ``points.line_protocol`` can represent it. Anything else is rejected with a one-line reason
 and becomes a ``soclab.deadletter/1`` message (``dead_letter()``).
 """
@@ -10,13 +10,11 @@ and becomes a ``soclab.deadletter/1`` message (``dead_letter()``).
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from typing import Any
 
-from soclab.cloud.bridge import points, schemacheck
+from soclab.cloud.bridge import points
 from soclab.wire import DATA_SCHEMA, DEADLETTER_SCHEMA, InvalidMessage, Topic, TopicError, decode, encode
-from soclab.wire.messages import schema_document
 
 log = logging.getLogger("soclab.cloud.bridge")
 
@@ -31,13 +29,6 @@ class Rejected(ValueError):
 
 class Intake:
     """Turns data messages into line protocol (``lines()``) or raises ``Rejected``."""
-
-    def __init__(self) -> None:
-        try:
-            self._quick: schemacheck.Check | None = schemacheck.compile_schema(schema_document(DATA_SCHEMA))
-        except schemacheck.Unsupported as exc:
-            log.warning("event=schemacheck_unavailable reason=%r (validating with jsonschema only)", str(exc))
-            self._quick = None
 
     def lines(self, topic: str, payload: bytes) -> list[str]:
         message = self.decode(payload)
@@ -59,15 +50,6 @@ class Intake:
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         """The valid data message in ``payload``, or Rejected with ``soclab.wire``'s reason."""
-        if self._quick is not None:
-            try:
-                message = json.loads(payload, parse_constant=_reject_constant)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                message = None  # decode() below says why, in soclab.wire's words
-            except RecursionError:
-                raise Rejected("not JSON: nested too deeply") from None
-            if message is not None and self._quick_yes(message):
-                return message
         try:
             return decode(payload, DATA_SCHEMA)
         except InvalidMessage as exc:
@@ -77,16 +59,6 @@ class Intake:
         except Exception as exc:  # the validator tripped over it: still an invalid payload, not a crash
             log.error("event=validator_error error=%r", repr(exc), exc_info=exc)
             raise Rejected(f"invalid message (the validator failed: {type(exc).__name__}: {exc})") from None
-
-    def _quick_yes(self, message: Any) -> bool:
-        try:
-            return self._quick is not None and self._quick(message)
-        except Exception:  # e.g. RecursionError: let the full validator judge
-            return False
-
-
-def _reject_constant(name: str) -> None:
-    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
 
 
 def dead_letter(

@@ -1,7 +1,10 @@
-"""The compiled quick check never says yes where jsonschema says no (and says yes to valid data)."""
+"""The fast validator (fastjsonschema), whose verdict ``soclab.wire.validate`` follows, judges as
+the reference (jsonschema) does, but for jsonschema's Python-regex quirk: a pattern's ``$``
+matching before a trailing newline."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import random
@@ -9,12 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from jsonschema import Draft202012Validator
 
-from soclab.cloud.bridge.schemacheck import Unsupported, compile_schema
-from soclab.wire import DATA_SCHEMA
-from soclab.wire.messages import schema_document
+from soclab.wire import DATA_SCHEMA, InvalidMessage, validate
+from soclab.wire.messages import is_valid_fast, schema_document
 
 T0 = 1_700_000_000_000_000_000
 EXAMPLES = Path(__file__).parents[2] / "schemas/examples"
@@ -109,45 +110,39 @@ def jsonschema_says(message: Any) -> bool:
     return JSONSCHEMA.is_valid(message)
 
 
+def has_trailing_newline(node: Any) -> bool:
+    if isinstance(node, str):
+        return node.endswith("\n")
+    if isinstance(node, dict):
+        return any(has_trailing_newline(k) or has_trailing_newline(v) for k, v in node.items())
+    if isinstance(node, list):
+        return any(has_trailing_newline(v) for v in node)
+    return False
+
+
+def quick(message: Any) -> bool:
+    return is_valid_fast(message, DATA_SCHEMA)
+
+
 def test_the_schemas_examples_are_judged_as_jsonschema_judges_them() -> None:
-    quick = compile_schema(schema_document(DATA_SCHEMA))
     assert all(quick(m) for m in examples("valid"))
     assert not any(quick(m) for m in examples("invalid"))
 
 
-def test_the_quick_check_agrees_with_jsonschema_on_valid_and_mutated_messages() -> None:
-    quick = compile_schema(schema_document(DATA_SCHEMA))
+def test_the_fast_validator_agrees_with_jsonschema_on_valid_and_mutated_messages() -> None:
     rng = random.Random(1)
-    checked = agreed = 0
+    checked = quirks = 0
     for message in valid_messages():
         assert quick(message)
         for mutated in mutations(message, rng):
             verdict = jsonschema_says(mutated)
             checked += 1
-            assert not (quick(mutated) and not verdict), f"quick check accepted an invalid message: {mutated}"
-            agreed += quick(mutated) == verdict
+            if quick(mutated) != verdict:
+                assert verdict, f"fast validator accepted what jsonschema refuses: {mutated}"
+                assert has_trailing_newline(mutated), f"validators disagree on {mutated}"
+                quirks += 1
+            with contextlib.suppress(InvalidMessage):
+                assert validate(mutated) is mutated
+                assert quick(mutated)
     assert checked > 1000
-    assert agreed == checked  # today it is exact; a 'no' that jsonschema overrules would only cost time
-
-
-@pytest.mark.parametrize(
-    "schema",
-    [
-        {"oneOf": [{"type": "string"}]},
-        {"$ref": "other.json#/x"},
-        {"properties": {"a": {"$id": "https://elsewhere/", "type": "string"}}},
-        {"enum": [1, 2]},
-        {"type": "strange"},
-    ],
-)
-def test_what_it_cannot_compile_it_refuses(schema: dict[str, Any]) -> None:
-    with pytest.raises(Unsupported):
-        compile_schema(schema)
-
-
-def test_recursive_references_compile() -> None:
-    kids = {"type": "array", "items": {"$ref": "#/$defs/node"}}
-    tree = {"$defs": {"node": {"type": "object", "properties": {"kids": kids}}}, "$ref": "#/$defs/node"}
-    check = compile_schema(tree)
-    assert check({"kids": [{"kids": []}, {}]})
-    assert not check({"kids": [{"kids": [1]}]})
+    assert 0 < quirks < checked / 20
