@@ -13,6 +13,13 @@ that ``read()`` drains, a response to the request in flight. A request may thus 
 thread while ``read()`` runs, or from the reading thread between reads; no line is lost either way.
 Known limit: a response arriving after its request timed out is dropped and counted
 (``unexpected_responses``), unless a next request is already in flight, which then takes it.
+
+Counters (``health.counters``), besides the base's ``samples_read``, ``connection_losses`` and
+``port_reopens``: ``publications``; ``lines_ignored`` (every line that gave nothing: banner, blank,
+half lines, and the malformed ones, which also count as ``parse_errors``); ``requests``,
+``request_errors``; ``unexpected_responses``; ``unknown_items`` (distinct item names soclab does not
+map, each logged once); ``values_skipped`` (mapped items whose value was not a number or bool);
+``empty_publications``, ``unknown_channels``, ``readings_dropped``, ``identity_failures``.
 """
 
 from __future__ import annotations
@@ -163,6 +170,33 @@ class MpptDriver(Instrument):
         self._pending: _Pending | None = None
         self._identity: Identity = {}
         self._logged: set[str] = set()  # things logged once (unknown items, ...)
+
+    # Constructor options a configuration may set, with how to read them from a string.
+    _OPTIONS: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "baudrate": int,
+        "dialect": str,
+        "request_timeout_s": float,
+        "identity_timeout_s": float,
+        "read_slice_s": float,
+        "max_buffered": int,
+        "max_line": int,
+    }
+
+    @classmethod
+    def from_config(cls, table: dict[str, Any]) -> MpptDriver:
+        """Build from the ``[instrument]`` table (``port`` and the keyword options above); values
+        from the environment arrive as strings and are converted here."""
+        options = dict(table)
+        if "port" not in options:
+            raise ValueError("[instrument] port is required for the mppt driver")
+        port = str(options.pop("port"))
+        unknown = sorted(set(options) - set(cls._OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown [instrument] option(s) {unknown}; known: port, {', '.join(cls._OPTIONS)}"
+            )
+        kwargs = {key: cls._OPTIONS[key](value) for key, value in options.items()}
+        return cls(port, kwargs.pop("baudrate", BAUDRATE), **kwargs)
 
     # --- Instrument -------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -320,6 +354,7 @@ class MpptDriver(Instrument):
         deadline = time.monotonic() + timeout
         if not self._request_lock.acquire(timeout=timeout):
             self._count("request_errors")
+            log.warning("instrument=%s event=request_error request=%r error=busy", self.kind, line)
             raise NoResponse(f"{line!r}: another request is still waiting for its response")
         try:
             pending = _Pending(line)

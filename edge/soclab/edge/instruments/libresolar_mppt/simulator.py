@@ -9,8 +9,9 @@ get nothing); a reset (``!exec/reset`` on v21) reboots without answering.
 The battery: the charger is a current source ``mppt_charger`` that the lab sets with
 ``set_solar_charge(amps)`` (what the sun offers), limited to the charge current setting and, like
 a real controller's CV phase, reduced so the battery stays at the charge voltage (14.4 V). The
-load output is a source ``mppt_load`` of ``-load_a`` while LoadEn is on. ``bat_a`` is the current
-at the controller's own battery terminal (charger minus load), not the e-load's.
+load output is a source ``mppt_load`` of ``-load_a`` while LoadEn is on. ``bat_a`` is the battery's
+net current, e-load included: in the lab's recording (../shared/data) the controller's Bat_A
+follows the LabJack's reference during the e-load's discharges, so its shunt sees all of it.
 
 Simplifications, chosen here: solar voltage is a fixed MPP voltage while charging (0 V without
 sun), temperatures are ambient plus a little per watt, ``dis_ah`` is the battery's total
@@ -20,6 +21,7 @@ discharged charge, the day counters start at boot, and no low-voltage disconnect
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -115,8 +117,8 @@ class MpptSimulator(WireSimulator):
     # --- what the lab and the tests drive -----------------------------------------------------------
     def set_solar_charge(self, amps: float) -> None:
         """What the panel could deliver into the battery now (A); the charger takes at most this."""
-        if amps < 0:
-            raise ValueError("a solar charger only charges")
+        if not math.isfinite(amps) or amps < 0:
+            raise ValueError(f"a solar charger takes a finite current >= 0, got {amps}")
         with self._lock:
             self._solar_offer_a = float(amps)
             self._regulate()
@@ -409,7 +411,7 @@ class MpptSimulator(WireSimulator):
         charge = self.battery.current_of(CHARGER)
         load = max(0.0, -self.battery.current_of(LOAD))
         bat_v = state.voltage_v
-        bat_a = charge - load
+        bat_a = state.current_a
         solar_v = self.solar_mpp_v if self._solar_offer_a > 0 else 0.0
         solar_w = bat_v * charge / self.efficiency if charge > 0 else 0.0
         return {
