@@ -378,3 +378,33 @@ bucket = "{influxdb.bucket}"
     assert events[0] == "event=starting"
     assert "event=subscribed" in events
     assert events[-1] == "event=stopped"
+
+
+def test_stored_samples_are_confirmed_to_their_device(
+    mosquitto: Mosquitto,
+    influxdb: InfluxTarget,
+    site: str,
+    start_bridge: Any,
+    mqtt_client: Any,
+    mqtt_collector: Any,
+) -> None:
+    confirmations = mqtt_collector(mosquitto, f"soclab/{site}/pi-01/labjack/stored")
+    start_bridge(mosquitto, influxdb, site)
+    publisher = mqtt_client(mosquitto)
+    for first in (0, 100, 300):  # 200..299 never sent: it must not be confirmed
+        publish(publisher, data_message(site, "pi-01", "labjack", "labjack", labjack_samples(first, 100)))
+    expected = set(range(0, 200)) | set(range(300, 400))
+    covered: set[int] = set()
+
+    def confirmed_all() -> bool:
+        while not confirmations.inbox.empty():
+            body = validate(json.loads(confirmations.inbox.get().payload), "soclab.stored/1")
+            assert "dead_lettered" not in body
+            for first, last in body["stored"]:
+                assert covered.isdisjoint(range(first, last + 1)), "a sample confirmed twice"
+                covered.update(range(first, last + 1))
+        return covered >= expected
+
+    eventually(confirmed_all, "every stored sample confirmed")
+    assert covered == expected
+    assert len(influxdb.rows("SELECT seq FROM labjack")) == 300

@@ -23,11 +23,13 @@ from referencing import Registry, Resource
 DATA_SCHEMA = "soclab.data/1"
 STATUS_SCHEMA = "soclab.status/1"
 DEADLETTER_SCHEMA = "soclab.deadletter/1"
+STORED_SCHEMA = "soclab.stored/1"
 
 _FILES = {
     DATA_SCHEMA: "data.v1.json",
     STATUS_SCHEMA: "status.v1.json",
     DEADLETTER_SCHEMA: "deadletter.v1.json",
+    STORED_SCHEMA: "stored.v1.json",
 }
 
 

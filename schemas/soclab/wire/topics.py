@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 ROOT = "soclab"
-KINDS = ("data", "status", "cmd", "cmd/result", "deadletter")
+KINDS = ("data", "status", "stored", "deadletter", "cmd", "cmd/result")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from soclab.cloud.bridge import points
@@ -31,7 +32,14 @@ class Intake:
     """Turns data messages into line protocol (``lines()``) or raises ``Rejected``."""
 
     def lines(self, topic: str, payload: bytes) -> list[str]:
+        return self.accept(topic, payload)[0]
+
+    def accept(self, topic: str, payload: bytes) -> tuple[list[str], list[list[int]]]:
+        """The message's line protocol and the ranges of sequence numbers it carries."""
         message = self.decode(payload)
+        return self._lines(topic, message), merge_ranges((s["seq"], s["seq"]) for s in message["samples"])
+
+    def _lines(self, topic: str, message: dict[str, Any]) -> list[str]:
         source = message["source"]
         try:
             where = Topic.parse(topic)
@@ -59,6 +67,17 @@ class Intake:
         except Exception as exc:  # the validator tripped over it: still an invalid payload, not a crash
             log.error("event=validator_error error=%r", repr(exc), exc_info=exc)
             raise Rejected(f"invalid message (the validator failed: {type(exc).__name__}: {exc})") from None
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Inclusive ranges, overlapping or adjacent ones joined: [(4, 6), (1, 3), (9, 9)] -> [[1, 6], [9, 9]]."""
+    merged: list[list[int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1][1] = max(last, merged[-1][1])
+        else:
+            merged.append([first, last])
+    return merged
 
 
 def dead_letter(

@@ -8,6 +8,12 @@ measurement + tags + time (``points``). Acknowledgements go out in the order the
 (as MQTT requires), writes happen in that order too, and a failed write is retried with
 exponential backoff (``[retry]``) for as long as it takes: nothing is dropped or reordered.
 
+Confirmations. After a write, the bridge tells each device which of its sequence numbers are
+now stored: one ``soclab.stored/1`` message (QoS 1) per device and batch on
+``soclab/<site>/<node>/<device>/stored``; samples of a valid message that InfluxDB refused are
+named as ``dead_lettered``. The publisher keeps samples in its spool until they are confirmed, so
+what a broker loses (killed before it saved its queue) is sent again.
+
 Memory. The broker sends a client at most ``max_inflight_messages`` unacknowledged messages
 (Mosquitto's setting, 20 by default: raise it, ``localservices.mosquitto`` uses 1000), so during a
 database outage the bridge holds at most that many; the rest wait in the broker's queue for the
@@ -51,9 +57,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from soclab.cloud.bridge.config import BridgeConfig
-from soclab.cloud.bridge.intake import Intake, Rejected, dead_letter
+from soclab.cloud.bridge.intake import Intake, Rejected, dead_letter, merge_ranges
 from soclab.cloud.bridge.sink import InfluxSink, WriteFailed, WriteRejected
-from soclab.wire import Topic
+from soclab.wire import STORED_SCHEMA, Topic, encode
 
 log = logging.getLogger("soclab.cloud.bridge")
 _PAHO_LOG = logging.getLogger("soclab.cloud.bridge.paho")
@@ -68,6 +74,7 @@ COUNTERS = (
     "acked",
     "redeliveries_expected",
     "reconnects",
+    "confirmations_published",
 )
 _IDLE_TICK_S = 0.05  # how often the writer looks for dead letters to acknowledge when idle
 
@@ -94,6 +101,7 @@ class _Entry:
     resolved: bool = False  # written, dead-lettered or found stale: its slot in the window is free
     written: bool = False
     dead_letter: mqtt.MQTTMessageInfo | None = None
+    ranges: list[list[int]] = field(default_factory=list)  # the sequence numbers it carries
 
     def settled(self) -> bool:
         if self.dead_letter is not None:
@@ -365,7 +373,7 @@ class Bridge:
             return None
         self._ledger.append(entry)
         try:
-            lines = self._intake.lines(received.topic, received.payload)
+            lines, entry.ranges = self._intake.accept(received.topic, received.payload)
         except Rejected as exc:
             self._dead_letter(entry, exc.reason)
             return None
@@ -395,6 +403,7 @@ class Bridge:
             except WriteRejected as exc:
                 if len(live) == 1:
                     self._dead_letter(live[0], f"InfluxDB refused the points: {exc}")
+                    self._confirm(live, "dead_lettered")
                 else:
                     log.warning(
                         "event=batch_refused messages=%d error=%r (writing one by one)", len(live), str(exc)
@@ -423,9 +432,27 @@ class Bridge:
             for entry in live:
                 entry.written = True
                 self._resolve(entry)
+            self._confirm(live, "stored")
             self._counters.add("points_written", sum(e.points for e in live))
             self._counters.add("batches_written")
             return
+
+    def _confirm(self, entries: list[_Entry], outcome: str) -> None:
+        """Tell each device which of its samples are stored (or dead-lettered): one message each."""
+        by_topic: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+        for entry in entries:
+            if entry.ranges:
+                topic = str(Topic.parse(entry.received.topic).with_kind("stored"))
+                by_topic[topic].extend((first, last) for first, last in entry.ranges)
+        for topic, ranges in by_topic.items():
+            message = {
+                "schema": STORED_SCHEMA,
+                "consumer": self.consumer,
+                "t_ns": time.time_ns(),
+                outcome: merge_ranges(ranges),
+            }
+            self._client.publish(topic, encode(message), qos=1)
+            self._counters.add("confirmations_published")
 
     def _dead_letter(self, entry: _Entry, reason: str) -> None:
         r = entry.received
