@@ -1,5 +1,5 @@
 """The edge's durable queue: every sample is on disk before it is published, and leaves only
-after the broker acknowledged the message that carried it.
+after the bridge confirmed it stored it (see ``publisher.ledger``).
 
 SQLite in WAL mode, one row per sample, the row id being the device stream's sequence number,
 so sequence numbers survive restarts and are never reused. The sample is stored already encoded
@@ -28,6 +28,7 @@ from pathlib import Path
 from soclab.edge.instruments.base import Reading
 
 log = logging.getLogger(__name__)
+_NO_END = 2**63 - 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, body TEXT NOT NULL);
@@ -108,19 +109,36 @@ class Spool:
             sample["flags"] = sorted(set(flags))
         return json.dumps(sample, separators=(",", ":"))
 
-    def peek(self, after_seq: int, limit: int) -> list[tuple[int, int, str]]:
-        """Up to ``limit`` stored samples with seq > ``after_seq``, oldest first: (seq, t_ns, json)."""
+    def peek(self, after_seq: int, limit: int, before_seq: int | None = None) -> list[tuple[int, int, str]]:
+        """Up to ``limit`` samples with after_seq < seq (< before_seq), oldest first: (seq, t_ns, json)."""
         with self._lock:
             return self._db.execute(
-                "SELECT seq, t_ns, body FROM samples WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
+                "SELECT seq, t_ns, body FROM samples WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                (after_seq, _NO_END if before_seq is None else before_seq, limit),
             ).fetchall()
 
-    def remove(self, first_seq: int, last_seq: int) -> None:
-        """Forget samples first..last (inclusive): their message was acknowledged."""
+    def rows(self, first_seq: int, last_seq: int) -> list[tuple[int, int, str]]:
+        """The stored samples first..last (inclusive)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT seq, t_ns, body FROM samples WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                (first_seq, last_seq),
+            ).fetchall()
+
+    def count(self, first_seq: int, last_seq: int | None) -> int:
+        """How many samples first..last (inclusive; None: to the end) are stored."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*) FROM samples WHERE seq BETWEEN ? AND ?",
+                (first_seq, _NO_END if last_seq is None else last_seq),
+            ).fetchone()[0]
+
+    def remove(self, first_seq: int, last_seq: int) -> int:
+        """Forget samples first..last (inclusive): the bridge stored them. Returns how many."""
         with self._lock, self._db:
             cur = self._db.execute("DELETE FROM samples WHERE seq BETWEEN ? AND ?", (first_seq, last_seq))
             self.depth -= cur.rowcount
+            return cur.rowcount
 
     def oldest_t_ns(self) -> int | None:
         with self._lock:

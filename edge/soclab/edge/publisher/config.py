@@ -43,6 +43,7 @@ class MqttConfig:
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     max_inflight: int = 20  # messages awaiting PUBACK
+    resend_grace_s: float = 10.0  # see publisher.ledger: when an unconfirmed batch counts as lost
 
     def password(self) -> str | None:
         if self.password_file:

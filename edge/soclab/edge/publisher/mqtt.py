@@ -12,14 +12,14 @@ from soclab.edge.publisher.config import PublisherConfig
 def make_client(config: PublisherConfig, will_payload: bytes) -> mqtt.Client:
     """A client that has not connected yet; the caller sets callbacks and calls ``connect_async``.
 
-    MQTT 3.1.1, clean session: the publisher subscribes to nothing, and messages not yet
-    acknowledged are kept in the spool, not in the broker's session.
+    MQTT 3.1.1 with a persistent session (fixed client id, ``clean_session=False``): the bridge's
+    storage confirmations for this device wait at the broker while the publisher is away.
     """
     m = config.mqtt
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=config.client_id,
-        clean_session=True,
+        clean_session=False,
         protocol=mqtt.MQTTv311,
     )
     client.enable_logger()

@@ -1,13 +1,13 @@
 """One instrument's publisher: an acquisition thread feeds the spool, the sender drains it to MQTT.
 
-    driver.read() --(acquisition thread)--> Spool --(sender)--> paho (QoS 1) --> broker
-                                              ^                                  |
-                                              +------- remove on PUBACK ---------+
+    driver.read() --(acquisition)--> Spool --(sender, Ledger)--> paho QoS 1 --> broker --> bridge
+                                       ^                                                    |
+                                       +---- remove when the bridge confirms (stored) ------+
 
-The sender hands paho at most ``mqtt.max_inflight`` messages; a message's samples leave the spool
-only when its PUBACK arrives. paho retransmits unacknowledged messages after a reconnect; after
-a restart of the process the spool's content is sent again from its oldest sample (a message the
-broker had already received then arrives twice, and overwrites itself in InfluxDB).
+The sender hands paho at most ``mqtt.max_inflight`` messages not yet acknowledged by the broker
+(paho sends them again after a reconnect); the ledger decides what goes next (resends, live
+data, backlog) and when a sample may leave the spool. The MQTT session is persistent, so
+confirmations published while the publisher is away wait for it at the broker.
 """
 
 from __future__ import annotations
@@ -24,11 +24,14 @@ import paho.mqtt.client as mqtt
 
 from soclab.edge.instruments.base import Instrument
 from soclab.edge.publisher.config import PublisherConfig
+from soclab.edge.publisher.ledger import Ledger, Row
 from soclab.edge.publisher.mqtt import make_client
 from soclab.edge.spool import Spool
-from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, InvalidMessage, decode, encode
+from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessage, decode, encode
 
 log = logging.getLogger(__name__)
+
+_TICK_S = 0.2  # the sender wakes at least this often
 
 
 class Publisher:
@@ -36,34 +39,39 @@ class Publisher:
         self.config = config
         self.instrument = instrument
         self.spool = Spool(config.spool_path, max_samples=config.spool.max_samples, sync=config.spool.sync)
+        self.ledger = Ledger(
+            self.spool, batch_max=config.batch.max_samples, resend_grace_s=config.mqtt.resend_grace_s
+        )
         self.counters: Counter[str] = Counter()
         self._topic = str(config.topic)
         self._status_topic = str(config.topic.with_kind("status"))
+        self._stored_topic = str(config.topic.with_kind("stored"))
         s = config.source
         self._source = {"site": s.site, "node": s.node, "device": s.device, "kind": s.kind}
         self._prefix = f'{{"schema":"{DATA_SCHEMA}","source":{json.dumps(self._source)},"samples":['
         self._stop = threading.Event()
         self._connected = threading.Event()
-        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._inflight: dict[int, tuple[int, int]] = {}  # mid -> (first seq, last seq)
-        self._sent_up_to = -1  # highest seq handed to paho
+        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
+        self._gauges: dict[str, float | None] = {}
         self.client = make_client(config, self._status_payload("offline", "connection-lost"))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
 
-    # --- paho callbacks (network thread: keep them short, never block on our locks) -----------
+    # --- paho callbacks (network thread): hand events to the sender, never block ----------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self.counters["connect_failures"] += 1
             log.warning("event=connect_refused reason=%s", reason)
             return
-        self.counters["connects"] += 1
-        log.info("event=connected broker=%s:%d", self.config.mqtt.host, self.config.mqtt.port)
-        self._connected.set()
+        log.info("event=connected broker=%s:%d session_present=%s", self.config.mqtt.host,
+                 self.config.mqtt.port, flags.session_present)  # fmt: skip
+        client.subscribe(self._stored_topic, qos=1)
         client.publish(self._status_topic, self._status_payload("online"), qos=1, retain=True)
-        self._wakeup.set()
+        self._event("connected", None)
+        self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
@@ -72,7 +80,13 @@ class Publisher:
             log.warning("event=disconnected reason=%s", reason)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        self._acks.put(mid)
+        self._event("puback", mid)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._event("stored", message.payload)
+
+    def _event(self, kind: str, value: Any) -> None:
+        self._events.put((kind, value))
         self._wakeup.set()
 
     # --- running ------------------------------------------------------------------------------
@@ -83,16 +97,22 @@ class Publisher:
         self.client.loop_start()
         acquisition = threading.Thread(target=self._acquire, name="acquisition", daemon=True)
         acquisition.start()
-        next_status = time.monotonic() + self.config.status.interval_s
+        next_status = next_check = time.monotonic()
         try:
             while not self._stop.is_set():
-                self._wakeup.wait(timeout=0.2)
+                self._wakeup.wait(timeout=_TICK_S)
                 self._wakeup.clear()
-                self._take_acks()
+                self._handle_events()
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 1.0
+                    lost = self.ledger.lost_batches()
+                    if lost:
+                        log.warning("event=resend batches=%d reason=not confirmed, later ones were", lost)
                 if self._connected.is_set():
                     self._send_ready()
-                    if time.monotonic() >= next_status:
-                        next_status = time.monotonic() + self.config.status.interval_s
+                    if now >= next_status:
+                        next_status = now + self.config.status.interval_s
                         self.publish_status()
         finally:
             self._stop.set()
@@ -126,32 +146,42 @@ class Publisher:
             failures = 0
         self.instrument.close()
 
-    def _take_acks(self) -> None:
+    def _handle_events(self) -> None:
         while True:
             try:
-                mid = self._acks.get_nowait()
+                kind, value = self._events.get_nowait()
             except queue.Empty:
                 return
-            span = self._inflight.pop(mid, None)
-            if span is None:
-                continue  # the status message, or an ack for a message from before a restart
-            self.spool.remove(*span)
-            self.counters["messages_acked"] += 1
-            self.counters["samples_acked"] += span[1] - span[0] + 1
+            if kind == "puback":
+                self.ledger.puback(value)
+                self.counters["messages_acked"] += 1
+            elif kind == "stored":
+                self._confirmation(value)
+            elif kind == "connected":
+                self.counters["connects"] += 1
+                self.ledger.reconnected()
+
+    def _confirmation(self, payload: bytes) -> None:
+        try:
+            message = decode(payload, STORED_SCHEMA)
+        except InvalidMessage as exc:
+            self.counters["confirmations_invalid"] += 1
+            log.error("event=invalid_confirmation reason=%r", exc.reason)
+            return
+        self.counters["confirmations"] += 1
+        self.ledger.confirmed(message.get("stored", []))
+        dead = self.ledger.confirmed(message.get("dead_lettered", []), dead_lettered=True)
+        if dead:
+            log.error("event=samples_dead_lettered count=%d (the bridge could not store them)", dead)
 
     def _send_ready(self) -> None:
-        batch = self.config.batch
-        while len(self._inflight) < self.config.mqtt.max_inflight and not self._stop.is_set():
-            rows = self.spool.peek(self._sent_up_to, batch.max_samples)
+        while self.ledger.inflight < self.config.mqtt.max_inflight and not self._stop.is_set():
+            rows = self.ledger.next_batch(self.config.batch.max_delay_s)
             if not rows:
                 return
-            age_s = (time.time_ns() - rows[0][1]) / 1e9
-            if len(rows) < batch.max_samples and age_s < batch.max_delay_s:
-                return  # wait for a fuller batch (the loop wakes at least every 0.2 s)
-            if not self._publish(rows):
-                return
+            self._publish(rows)
 
-    def _publish(self, rows: list[tuple[int, int, str]]) -> bool:
+    def _publish(self, rows: list[Row]) -> None:
         payload = (self._prefix + ",".join(r[2] for r in rows) + "]}").encode()
         first, last = rows[0][0], rows[-1][0]
         try:
@@ -161,29 +191,33 @@ class Publisher:
             self.counters["samples_rejected"] += len(rows)
             log.error("event=invalid_message first_seq=%d last_seq=%d reason=%r", first, last, exc.reason)
             self.spool.remove(first, last)
-            self._sent_up_to = last
-            return True
+            return
         info = self.client.publish(self._topic, payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            # Not connected any more: paho still queued it and will send it on reconnect.
+            # Not connected any more: paho still queued it and sends it on reconnect.
             log.info("event=publish_queued rc=%s first_seq=%d", info.rc, first)
-        self._inflight[info.mid] = (first, last)
-        self._sent_up_to = last
+        self.ledger.published(info.mid, first, last)
         self.counters["messages_published"] += 1
         self.counters["samples_published"] += len(rows)
-        return True
 
     # --- status -------------------------------------------------------------------------------
     def publish_status(self) -> None:
+        oldest = self.spool.oldest_t_ns()
+        self._gauges = {
+            "backlog_samples": self.ledger.backlog_samples(),
+            "spool_oldest_age_s": None if oldest is None else round((time.time_ns() - oldest) / 1e9, 3),
+        }
         self.client.publish(self._status_topic, self._status_payload("online"), qos=1, retain=True)
 
     def status(self, state: str = "online", reason: str | None = None) -> dict[str, Any]:
         health = self.instrument.health
-        oldest = self.spool.oldest_t_ns()
         counters = Counter(self.counters)
         counters.update(health.counters)
         counters["spool_dropped"] = self.spool.dropped
         counters["spool_invalid_values"] = self.spool.invalid_values
+        counters["samples_confirmed"] = self.ledger.confirmed_samples
+        counters["samples_dead_lettered"] = self.ledger.dead_lettered_samples
+        counters["batches_resent"] = self.ledger.resent_batches
         message: dict[str, Any] = {
             "schema": STATUS_SCHEMA,
             "source": self._source,
@@ -193,10 +227,11 @@ class Publisher:
             "counters": {k: int(v) for k, v in sorted(counters.items())},
             "gauges": {
                 **health.gauges,
+                **self._gauges,
                 "seq_next": self.spool.next_seq,
                 "spool_depth": self.spool.depth,
-                "spool_oldest_age_s": None if oldest is None else round((time.time_ns() - oldest) / 1e9, 3),
-                "inflight_messages": len(self._inflight),
+                "inflight_messages": self.ledger.inflight,
+                "unconfirmed_batches": self.ledger.unconfirmed_batches,
             },
             "last_error": health.last_error,
         }
@@ -208,11 +243,12 @@ class Publisher:
         return encode(self.status(state, reason))
 
     def _shutdown(self) -> None:
-        """Flush what can be flushed within a few seconds, say 'offline', disconnect."""
+        """Let in-flight messages and their confirmations arrive for a few seconds, say 'offline'."""
         deadline = time.monotonic() + 5.0
-        while self._inflight and self._connected.is_set() and time.monotonic() < deadline:
-            time.sleep(0.05)
-            self._take_acks()
+        while self._connected.is_set() and self.ledger.unconfirmed_batches and time.monotonic() < deadline:
+            self._wakeup.wait(0.05)
+            self._wakeup.clear()
+            self._handle_events()
         if self._connected.is_set():
             info = self.client.publish(
                 self._status_topic, self._status_payload("offline", "stopped"), qos=1, retain=True

@@ -1,0 +1,189 @@
+"""What the publisher has sent, what the bridge has stored, and what to send next.
+
+A sample leaves the spool only when the bridge confirms it stored it (``soclab.stored/1``), not
+when the broker acknowledges the message (PUBACK): Mosquitto saves its queues to disk only every
+``autosave_interval``, so a broker killed in between forgets messages it had acknowledged.
+
+Lanes. Samples acquired while connected are *live*; everything else in the spool (what was
+acquired during an outage, and at start whatever a previous run left) is *backlog*. The sender
+alternates between the lanes, so a long backlog drains at full speed (batches of
+``batch.max_samples``) while live data keeps flowing, and drains oldest first.
+
+Resending. The bridge stores one device's messages in the order the broker delivers them. When a
+confirmation names samples that were published *after* a batch that the broker acknowledged but
+the bridge never confirmed, and ``resend_grace_s`` passes without that confirmation arriving,
+the batch was lost between broker and bridge: it is sent again (storage is idempotent, so a
+batch that was merely late is harmless to send twice). Nothing is resent while the bridge is
+silent: then the broker's queue for the bridge's session holds the messages.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from soclab.edge.spool import Spool
+
+Row = tuple[int, int, str]  # (seq, t_ns, sample JSON)
+
+
+@dataclass(slots=True)
+class Batch:
+    first: int
+    last: int
+    order: int  # publication order
+    acked: bool = False  # the broker's PUBACK arrived
+    overtaken_at: float | None = None  # when a later batch was confirmed while this one was not
+
+
+class Ledger:
+    """The sender's bookkeeping; used from one thread only (the publisher's sender)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        batch_max: int,
+        resend_grace_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spool = spool
+        self.batch_max = batch_max
+        self.resend_grace_s = resend_grace_s
+        self._clock = clock
+        # At start everything in the spool is backlog; live samples are those from next_seq on.
+        self._backlog: collections.deque[list[int]] = collections.deque()  # [next seq to walk, end)
+        if spool.next_seq > 0:
+            self._backlog.append([0, spool.next_seq])
+        self._live_cursor = spool.next_seq  # next live seq to send
+        self._resend: collections.deque[tuple[int, int]] = collections.deque()
+        self._by_mid: dict[int, Batch] = {}
+        self._unconfirmed: dict[int, Batch] = {}  # first seq -> batch, published and not confirmed
+        self._starts: list[int] = []  # sorted keys of _unconfirmed
+        self._order = 0
+        self._live_turn = True
+        self.resent_batches = 0
+        self.confirmed_samples = 0
+        self.dead_lettered_samples = 0
+
+    # --- events -----------------------------------------------------------------------------------
+    def reconnected(self) -> None:
+        """Samples acquired while the connection was down become backlog."""
+        end = self.spool.next_seq
+        if end > self._live_cursor:
+            self._backlog.append([self._live_cursor, end])
+            self._live_cursor = end
+
+    def published(self, mid: int, first: int, last: int) -> None:
+        self._order += 1
+        batch = Batch(first, last, self._order)
+        self._by_mid[mid] = batch
+        self._unconfirmed[first] = batch
+        bisect.insort(self._starts, first)
+
+    def puback(self, mid: int) -> None:
+        batch = self._by_mid.pop(mid, None)
+        if batch is not None:
+            batch.acked = True
+
+    def confirmed(self, ranges: list[list[int]], dead_lettered: bool = False) -> int:
+        """The bridge stored (or dead-lettered) these ranges: forget them. Returns samples removed."""
+        removed = 0
+        newest = 0
+        for first, last in ranges:
+            if first > last:
+                continue
+            removed += self.spool.remove(first, last)
+            for batch in self._batches_within(first, last):
+                newest = max(newest, batch.order)
+                del self._unconfirmed[batch.first]
+                self._starts.remove(batch.first)
+        if dead_lettered:
+            self.dead_lettered_samples += removed
+        else:
+            self.confirmed_samples += removed
+        if newest:
+            now = self._clock()
+            for batch in self._unconfirmed.values():
+                if batch.acked and batch.order < newest and batch.overtaken_at is None:
+                    batch.overtaken_at = now
+        return removed
+
+    def _batches_within(self, first: int, last: int) -> list[Batch]:
+        i = bisect.bisect_left(self._starts, first)
+        found = []
+        while i < len(self._starts) and self._starts[i] <= last:
+            batch = self._unconfirmed[self._starts[i]]
+            if batch.last <= last:
+                found.append(batch)
+            i += 1
+        return found
+
+    def lost_batches(self) -> int:
+        """Move batches overtaken for longer than the grace period to the resend queue."""
+        now = self._clock()
+        lost = [
+            b
+            for b in self._unconfirmed.values()
+            if b.overtaken_at is not None and now - b.overtaken_at >= self.resend_grace_s
+        ]
+        for batch in lost:
+            del self._unconfirmed[batch.first]
+            self._starts.remove(batch.first)
+            self._resend.append((batch.first, batch.last))
+        self.resent_batches += len(lost)
+        return len(lost)
+
+    # --- what to send next --------------------------------------------------------------------
+    def next_batch(self, live_delay_s: float = 0.0) -> list[Row]:
+        """Rows for the next message: a resend first, then live and backlog in turn."""
+        while self._resend:
+            first, last = self._resend.popleft()
+            rows = self.spool.rows(first, last)
+            if rows:
+                return rows
+        lanes = (self._live, self._backlog_rows) if self._live_turn else (self._backlog_rows, self._live)
+        for lane in lanes:
+            rows = lane(live_delay_s)
+            if rows:
+                self._live_turn = lane is not self._live
+                return rows
+        return []
+
+    def _live(self, live_delay_s: float) -> list[Row]:
+        rows = self.spool.peek(self._live_cursor - 1, self.batch_max)
+        if not rows:
+            return []
+        age_s = (time.time_ns() - rows[0][1]) / 1e9
+        if len(rows) < self.batch_max and age_s < live_delay_s:
+            return []  # wait for a fuller batch
+        self._live_cursor = rows[-1][0] + 1
+        return rows
+
+    def _backlog_rows(self, _: float) -> list[Row]:
+        while self._backlog:
+            segment = self._backlog[0]
+            rows = self.spool.peek(segment[0] - 1, self.batch_max, before_seq=segment[1])
+            if rows:
+                segment[0] = rows[-1][0] + 1
+                return rows
+            self._backlog.popleft()
+        return []
+
+    # --- status -------------------------------------------------------------------------------
+    @property
+    def inflight(self) -> int:
+        return len(self._by_mid)
+
+    @property
+    def unconfirmed_batches(self) -> int:
+        return len(self._unconfirmed)
+
+    def backlog_samples(self) -> int:
+        """Spooled samples not yet sent (nor queued for a resend)."""
+        unsent = sum(self.spool.count(s[0], s[1] - 1) for s in self._backlog)
+        unsent += self.spool.count(self._live_cursor, None)
+        return unsent + sum(self.spool.count(a, b) for a, b in self._resend)

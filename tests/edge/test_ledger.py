@@ -1,0 +1,116 @@
+"""The publisher's ledger: lanes, confirmations, resends. A real spool, a fake clock."""
+
+from __future__ import annotations
+
+import time
+
+from soclab.edge.instruments.base import Reading
+from soclab.edge.publisher.ledger import Ledger
+from soclab.edge.spool import Spool
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fill(spool: Spool, n: int) -> range:
+    t = time.time_ns() - 10**9  # old enough for any batching delay
+    return spool.append([Reading(t + i, {"bat_v": 12.0}) for i in range(n)])
+
+
+def seqs(rows) -> list[int]:
+    return [r[0] for r in rows]
+
+
+def send(ledger: Ledger, mid: int) -> list[int]:
+    rows = ledger.next_batch()
+    if rows:
+        ledger.published(mid, rows[0][0], rows[-1][0])
+        ledger.puback(mid)
+    return seqs(rows)
+
+
+def test_samples_leave_the_spool_only_when_confirmed(tmp_path):
+    spool = Spool(tmp_path / "s.sqlite")
+    ledger = Ledger(spool, batch_max=10)
+    fill(spool, 10)
+    assert send(ledger, 1) == list(range(10))
+    assert spool.depth == 10  # the broker's PUBACK is not enough
+    assert ledger.confirmed([[0, 9]]) == 10
+    assert spool.depth == 0
+    assert ledger.unconfirmed_batches == 0
+
+
+def test_backlog_drains_oldest_first_alternating_with_live_data(tmp_path):
+    spool = Spool(tmp_path / "s.sqlite")
+    fill(spool, 25)  # left by a previous run, or acquired while disconnected
+    ledger = Ledger(spool, batch_max=10)
+    fill(spool, 3)  # live
+    sent = [send(ledger, mid) for mid in range(1, 6)]
+    assert sent == [[25, 26, 27], list(range(0, 10)), list(range(10, 20)), list(range(20, 25)), []]
+
+
+def test_an_outage_turns_live_samples_into_backlog(tmp_path):
+    spool = Spool(tmp_path / "s.sqlite")
+    ledger = Ledger(spool, batch_max=100)
+    fill(spool, 5)
+    assert send(ledger, 1) == [0, 1, 2, 3, 4]
+    fill(spool, 50)  # while disconnected
+    ledger.reconnected()
+    fill(spool, 2)  # after the reconnect
+    assert send(ledger, 2) == [55, 56]
+    assert send(ledger, 3) == list(range(5, 55))
+    assert ledger.backlog_samples() == 0
+
+
+def test_a_batch_overtaken_by_later_confirmations_is_resent_after_the_grace(tmp_path):
+    spool = Spool(tmp_path / "s.sqlite")
+    clock = Clock()
+    ledger = Ledger(spool, batch_max=10, resend_grace_s=5.0, clock=clock)
+    fill(spool, 30)
+    for mid in (1, 2, 3):
+        send(ledger, mid)
+    ledger.confirmed([[0, 9], [20, 29]])  # the broker lost 10..19 (e.g. killed before it saved)
+    assert ledger.lost_batches() == 0  # maybe only late
+    clock.now = 4.9
+    assert ledger.lost_batches() == 0
+    clock.now = 5.0
+    assert ledger.lost_batches() == 1
+    assert send(ledger, 4) == list(range(10, 20))
+    ledger.confirmed([[10, 19]])
+    assert spool.depth == 0
+    assert ledger.resent_batches == 1
+
+
+def test_nothing_is_resent_while_the_bridge_is_silent(tmp_path):
+    spool = Spool(tmp_path / "s.sqlite")
+    clock = Clock()
+    ledger = Ledger(spool, batch_max=10, resend_grace_s=1.0, clock=clock)
+    fill(spool, 30)
+    for mid in (1, 2, 3):
+        send(ledger, mid)
+    clock.now = 3600.0
+    assert ledger.lost_batches() == 0
+    assert ledger.next_batch() == []
+
+
+def test_dead_lettered_samples_leave_and_are_counted(tmp_path):
+    spool = Spool(tmp_path / "s.sqlite")
+    ledger = Ledger(spool, batch_max=10)
+    fill(spool, 10)
+    send(ledger, 1)
+    ledger.confirmed([[0, 9]], dead_lettered=True)
+    assert (spool.depth, ledger.dead_lettered_samples, ledger.confirmed_samples) == (0, 10, 0)
+
+
+def test_confirmations_of_unknown_or_repeated_ranges_are_harmless(tmp_path):
+    spool = Spool(tmp_path / "s.sqlite")
+    ledger = Ledger(spool, batch_max=10)
+    fill(spool, 10)
+    send(ledger, 1)
+    assert ledger.confirmed([[0, 9]]) == 10
+    assert ledger.confirmed([[0, 9], [500, 400], [1000, 2000]]) == 0
