@@ -20,7 +20,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -44,15 +44,17 @@ class LabSettings:
     node: str = "pi-01"
     instruments: dict[str, dict[str, Any]] = field(default_factory=lambda: {n: {} for n in INSTRUMENTS})
     mqtt: dict[str, Any] = field(default_factory=dict)  # empty: start a local broker
+    edge_mqtt: dict[str, Any] = field(default_factory=dict)  # where publishers connect, if not mqtt
     influxdb: dict[str, Any] = field(default_factory=dict)  # empty: start a local database
     simulation: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for every child process
 
     @classmethod
     def load(cls, path: Path | None) -> LabSettings:
         if path is None:
             return cls()
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        unknown = set(raw) - {"site", "node", "instruments", "mqtt", "influxdb", "simulation"}
+        unknown = set(raw) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
         settings = cls(**raw)
@@ -128,9 +130,11 @@ def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LiveView, Childr
                 "SOCLAB_BRIDGE_ID": "lab",
                 "SOCLAB_BRIDGE_SITE": settings.site,
                 **influx_env,
+                **settings.env,
             },
         )
-        env = _publisher_env(settings, var, broker_host, broker_port)
+        edge = settings.edge_mqtt
+        env = _publisher_env(settings, var, edge.get("host", broker_host), int(edge.get("port", broker_port)))
         _start_simulated_lab(settings, var, children, env)
         for name, table in settings.instruments.items():
             _start_publisher(name, table, var, children, env)
@@ -182,6 +186,7 @@ def _publisher_env(settings: LabSettings, var: Path, host: str, port: int) -> di
         "SOCLAB_MQTT_HOST": host,
         "SOCLAB_MQTT_PORT": str(port),
         "SOCLAB_SPOOL_PATH": str(var / "spool" / "{device}.sqlite"),
+        **settings.env,
     }
     return env
 

@@ -2,29 +2,31 @@
 
 Each child gets its own session, so Ctrl-C in the terminal reaches only the lab, which then
 stops the children in the reverse order of their start (publishers flush before the broker
-goes). On Linux each child also asks the kernel for SIGTERM if the lab dies (PR_SET_PDEATHSIG),
-so even a kill -9 of the lab leaves no orphan running.
+goes). Each child also asks the kernel for a signal if the lab dies (``die_with_parent``), so
+even a kill -9 of the lab leaves no orphan running. Fault tests kill and restart children by name.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from soclab.cloud.localservices.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+@dataclass
+class _Child:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
 
 
 class Children:
@@ -33,7 +35,7 @@ class Children:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._children: dict[str, _Child] = {}
 
     def start(
         self, name: str, args: list[str], env: dict[str, str] | None = None, stdout: int | None = None
@@ -47,18 +49,32 @@ class Children:
             stderr=log_file,
             env={**os.environ, **(env or {})},
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # prctl only: safe before exec
+            preexec_fn=die_with_parent,  # prctl only: safe before exec
         )
         log_file.close()
-        self._procs.append((name, proc))
+        self._children[name] = _Child(name, args, env or {}, proc)
         return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (default: kill -9) and wait for the child to end."""
+        proc = self._children[name].proc
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a child again, with the arguments and environment it had (it must have ended)."""
+        child = self._children[name]  # it keeps its place in the stop order
+        if child.proc.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {child.proc.pid})")
+        return self.start(name, child.args, child.env)
 
     def failed(self) -> list[tuple[str, int]]:
         """Children that have exited on their own: (name, exit code)."""
-        return [(name, p.returncode) for name, p in self._procs if p.poll() is not None]
+        return [(c.name, c.proc.returncode) for c in self._children.values() if c.proc.poll() is not None]
 
     def stop_all(self, timeout_s: float = 10.0) -> None:
-        for name, proc in reversed(self._procs):
+        for name, child in reversed(self._children.items()):
+            proc = child.proc
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -67,4 +83,4 @@ class Children:
                     log.warning("event=kill child=%s reason=did not stop in %.0f s", name, timeout_s)
                     proc.kill()
                     proc.wait()
-        self._procs.clear()
+        self._children.clear()

@@ -58,7 +58,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                preexec_fn=_die_with_parent if main_thread and sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if main_thread and sys.platform == "linux" else None,
             )
         _live.add(self)
         deadline = time.monotonic() + timeout
@@ -123,7 +123,7 @@ def find_binary(name: str, fallbacks: Sequence[str]) -> str:
     raise LocalServiceError(f"{name} not found on PATH nor at {', '.join(fallbacks)}: run `make system`")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 

@@ -142,8 +142,11 @@ class Instrument(ABC):
             return False
         try:
             self._open()
-        except ConnectionLost as exc:
-            self.health.last_error = f"cannot open: {exc}"
+        except Exception as exc:  # absent, or refusing to open (a pty's termios error): retry later
+            self.health.counters["open_failures"] += 1
+            self.health.last_error = f"cannot open: {type(exc).__name__}: {exc}"
+            if not isinstance(exc, ConnectionLost):
+                log.warning("instrument=%s event=open_failed error=%r", self.kind, self.health.last_error)
             self._next_open = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, self.reopen_backoff_s[1])
             return False

@@ -174,8 +174,8 @@ class Publisher:
         if dead:
             log.error("event=samples_dead_lettered count=%d (the bridge could not store them)", dead)
 
-    def _send_ready(self) -> None:
-        while self.ledger.inflight < self.config.mqtt.max_inflight and not self._stop.is_set():
+    def _send_ready(self, stopping: bool = False) -> None:
+        while self.ledger.inflight < self.config.mqtt.max_inflight and (stopping or not self._stop.is_set()):
             rows = self.ledger.next_batch(self.config.batch.max_delay_s)
             if not rows:
                 return
@@ -243,12 +243,18 @@ class Publisher:
         return encode(self.status(state, reason))
 
     def _shutdown(self) -> None:
-        """Let in-flight messages and their confirmations arrive for a few seconds, say 'offline'."""
+        """Send what was acquired, wait for its confirmation (5 s at most), say 'offline'.
+
+        What is not confirmed by then stays in the spool and goes at the next start.
+        """
         deadline = time.monotonic() + 5.0
-        while self._connected.is_set() and self.ledger.unconfirmed_batches and time.monotonic() < deadline:
+        while self._connected.is_set() and time.monotonic() < deadline:
+            self._handle_events()
+            self._send_ready(stopping=True)
+            if not self.ledger.unconfirmed_batches and not self.ledger.backlog_samples():
+                break
             self._wakeup.wait(0.05)
             self._wakeup.clear()
-            self._handle_events()
         if self._connected.is_set():
             info = self.client.publish(
                 self._status_topic, self._status_payload("offline", "stopped"), qos=1, retain=True

@@ -63,11 +63,27 @@ class PtyPort:
         master = self._master
         if master is None:
             return b""
+        self._clear_stale_parity()
         try:
             ready, _, _ = select.select([master], [], [], timeout)
             return os.read(master, size) if ready else b""
         except OSError:  # EIO while no process holds the slave open: nothing to read
             return b""
+
+    def _clear_stale_parity(self) -> None:
+        """A Linux pty drops PARENB from the settings a driver makes (8O1 becomes 8N1 with PARODD
+        left set), and from then on the kernel refuses (EINVAL) to set 8O1 again: a driver that
+        reopens the port, e.g. after a restart, could never open it. Clearing the orphaned PARODD
+        restores what a fresh port looks like; it changes nothing on the wire (ptys have no parity).
+        """
+        slave = self._slave
+        if slave is None:
+            return
+        with contextlib.suppress(OSError, termios.error):
+            attrs = termios.tcgetattr(slave)
+            if attrs[2] & termios.PARODD and not attrs[2] & termios.PARENB:
+                attrs[2] &= ~termios.PARODD
+                termios.tcsetattr(slave, termios.TCSANOW, attrs)
 
     def write(self, data: bytes) -> None:
         """Send bytes to the driver; dropped while unplugged, as on a real wire."""
