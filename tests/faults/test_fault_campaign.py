@@ -134,7 +134,7 @@ def test_nothing_is_lost_or_doubled_under_real_faults(tmp_path, campaign_report)
                 time.sleep(hold_s)
                 recover()
                 results.append((name, hold_s, wait_caught_up(influx, var, check_alive)))
-            proxy.close()
+        proxy.close()
         # The lab stopped in order: publishers flushed, then the bridge. Now count everything.
         lines = [f"{'fault':<28}{'held s':>8}{'recovery s':>12}"]
         lines += [f"{name:<28}{hold:>8.0f}{recovery:>12.1f}" for name, hold, recovery in results]
