@@ -1,0 +1,33 @@
+"""A test instrument: readings at a steady rate, no wire; for publisher tests that need volume."""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+from soclab.edge.instruments.base import Instrument, Reading
+
+
+class SteadyInstrument(Instrument):
+    """``rate_hz`` readings per second of ``bat_v``, stamped by the base's acquisition clock."""
+
+    kind: ClassVar[str] = "labjack"
+
+    def __init__(self, rate_hz: float = 10.0) -> None:
+        super().__init__()
+        self.rate_hz = rate_hz
+        self._next = 0.0
+
+    def _open(self) -> None:
+        self._next = time.monotonic()
+
+    def _close(self) -> None:
+        pass
+
+    def _read(self, timeout: float) -> list[Reading]:
+        now = time.monotonic()
+        if now < self._next:
+            time.sleep(min(timeout, self._next - now))
+        due = int((time.monotonic() - self._next) * self.rate_hz) + 1
+        self._next += due / self.rate_hz
+        return [Reading(self.now_ns(), {"bat_v": 12.5}) for _ in range(due)]
