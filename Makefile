@@ -7,7 +7,7 @@ APT_PACKAGES := mosquitto influxdb
 ARGS ?=
 PYTEST ?=
 
-.PHONY: lab test bench lint setup system clean
+.PHONY: lab test bench bench-ingest bench-drain bench-labjack lint setup system clean
 
 lab: setup
 	$(PY) -m soclab.cloud.lab $(ARGS)
@@ -15,8 +15,16 @@ lab: setup
 test: setup
 	$(PY) -m pytest $(PYTEST)
 
-bench: setup
+bench: bench-ingest bench-drain bench-labjack
+
+bench-ingest: setup
 	$(PY) bench/ingest.py $(ARGS)
+
+bench-drain: setup
+	$(PY) bench/drain.py $(ARGS)
+
+bench-labjack: setup
+	$(PY) bench/labjack_stream.py $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

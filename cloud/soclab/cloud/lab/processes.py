@@ -55,6 +55,9 @@ class Children:
         self._children[name] = _Child(name, args, env or {}, proc)
         return proc
 
+    def pid(self, name: str) -> int:
+        return self._children[name].proc.pid
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` (default: kill -9) and wait for the child to end."""
         proc = self._children[name].proc

@@ -1,4 +1,5 @@
-"""A test instrument: readings at a steady rate, no wire; for publisher tests that need volume."""
+"""A synthetic instrument: readings at a steady rate, no wire; for publisher tests and benchmarks
+that need volume rather than realism."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ class SteadyInstrument(Instrument):
 
     kind: ClassVar[str] = "labjack"
 
-    def __init__(self, rate_hz: float = 10.0) -> None:
+    def __init__(self, rate_hz: float = 10.0, kind: str = "labjack") -> None:
         super().__init__()
+        self.kind = kind  # type: ignore[misc]  # stands in for any instrument
         self.rate_hz = rate_hz
         self._next = 0.0
 

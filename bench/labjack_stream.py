@@ -1,0 +1,113 @@
+"""LabJack T7 streaming 2 channels at 10 kHz (the stand-in, fed by the simulated battery) into the
+pipeline: scans/s sustained, stored/s, device and LJM backlog, CPU of the publisher and the bridge.
+
+    make bench-labjack
+    .venv/bin/python bench/labjack_stream.py --seconds 60 --scan-rate 10000 --scans-per-read 1000
+
+Runs `make lab`'s machinery with only the LabJack: the simulated battery process, the LabJack
+publisher (its own process, as on the Pi), Mosquitto, the bridge, InfluxDB 1.6.7. CPU is read
+from /proc (user + system time of each process over the measured window; 100 % = one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from soclab.cloud.lab.cli import LabSettings, run_lab
+from soclab.cloud.localservices import InfluxDB1, Mosquitto, V2WriteShim
+
+DB = "stream"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def stored(db: InfluxDB1) -> int:
+    series = db.query("SELECT count(bat_v) FROM labjack", db=DB)
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--scan-rate", type=float, default=10_000.0)
+    parser.add_argument("--scans-per-read", type=int, default=1000)
+    args = parser.parse_args()
+    status: dict[str, dict] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="soclab-stream-") as tmp,
+        Mosquitto(Path(tmp) / "mqtt") as broker,
+        InfluxDB1(Path(tmp) / "influx") as db,
+        V2WriteShim(db.url) as shim,
+    ):
+        db.create_database(DB)
+        settings = LabSettings(
+            site="bench",
+            instruments={"labjack": {}},
+            mqtt={"host": broker.host, "port": broker.port},
+            influxdb={"url": shim.url, "org": "-", "bucket": DB},
+            env={
+                "SOCLAB_BRIDGE_INFLUX_TOKEN": "bench:bench",
+                "SOCLAB_INSTRUMENT_SCAN_RATE_HZ": str(args.scan_rate),
+                "SOCLAB_INSTRUMENT_SCANS_PER_READ": str(args.scans_per_read),
+                "SOCLAB_BATCH_MAX_SAMPLES": str(args.scans_per_read),
+                "SOCLAB_STATUS_INTERVAL_S": "2",
+            },
+        )
+        watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        watcher.on_message = lambda c, u, m: status.__setitem__(m.topic, json.loads(m.payload))
+        watcher.connect(broker.host, broker.port)
+        watcher.subscribe("soclab/bench/+/labjack/status")
+        watcher.loop_start()
+        max_backlog = {"device_backlog": 0.0, "ljm_backlog": 0.0}
+
+        def watch_backlog(stop: threading.Event) -> None:
+            while not stop.wait(0.5):
+                for body in list(status.values()):
+                    for key in max_backlog:
+                        max_backlog[key] = max(max_backlog[key], body.get("gauges", {}).get(key) or 0)
+
+        with run_lab(settings, Path(tmp) / "var") as (_view, children):
+            time.sleep(5.0)  # the stream starts, the first messages flow
+            pids = {"publisher": children.pid("labjack"), "bridge": children.pid("bridge")}
+            stop = threading.Event()
+            threading.Thread(target=watch_backlog, args=(stop,), daemon=True).start()
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            first = next(iter(status.values()), {})
+            stored0, t0 = stored(db), time.monotonic()
+            time.sleep(args.seconds)
+            cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            elapsed = time.monotonic() - t0
+            stored1 = stored(db)
+            time.sleep(2.5)  # one more status
+            last = next(iter(status.values()), {})
+            stop.set()
+            failed = children.failed()
+        watcher.loop_stop()
+    scans = last.get("counters", {}).get("scans_read", 0) - first.get("counters", {}).get("scans_read", 0)
+    scan_rate = scans / max(1e-9, (last.get("t_ns", 0) - first.get("t_ns", 0)) / 1e9)
+    gauges = last.get("gauges", {})
+    print(f"LabJack stand-in, 2 channels, {args.scan_rate:g} Hz asked, {args.scans_per_read} scans/read")
+    print(f"actual scan rate (eStreamStart): {gauges.get('scan_rate_hz')}")
+    print(f"scans read (publisher status):   {scan_rate:10.0f} scans/s")
+    print(f"stored in InfluxDB:              {(stored1 - stored0) / elapsed:10.0f} scans/s, {elapsed:.0f} s")
+    device, ljm = max_backlog["device_backlog"], max_backlog["ljm_backlog"]
+    print(f"backlog max: device {device:g} scans, LJM {ljm:g} scans")
+    for name in pids:
+        print(f"CPU {name:<10} {(cpu1[name] - cpu0[name]) / elapsed * 100:6.1f} % of one core")
+    print(f"spool depth at the end: {gauges.get('spool_depth')}, processes failed: {failed or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
