@@ -64,11 +64,11 @@ class LabSettings:
         return settings
 
     def simulated(self) -> list[str]:
-        """Instruments without a real port (the LabJack: without a real backend)."""
+        """Instruments with neither a real port nor a publisher configuration of their own."""
         return [
             name
             for name, table in self.instruments.items()
-            if not table.get("port") and table.get("backend", "standin") == "standin"
+            if not table.get("port") and not table.get("config")
         ]
 
 
@@ -227,11 +227,13 @@ def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, e
 def _start_publisher(
     name: str, table: dict[str, Any], var: Path, children: Children, env: dict[str, str]
 ) -> None:
-    config = files("soclab.cloud.lab") / "publishers" / f"{name}.toml"
+    config = table.get("config") or files("soclab.cloud.lab") / "publishers" / f"{name}.toml"
     extra = dict(env)
-    if name in ("mppt", "eload"):
+    if table.get("config"):
+        pass  # the lab engineer's own publisher configuration, as it is (site, node, broker aside)
+    elif name in ("mppt", "eload"):
         extra["SOCLAB_INSTRUMENT_PORT"] = table.get("port") or str(var / "dev" / name)
-    elif name == "labjack" and table.get("backend", "standin") == "standin":
+    elif name == "labjack":
         extra["SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE"] = str(var / "battery.state")
     children.start(name, ["-m", "soclab.edge.publisher", "--config", str(config)], env=extra)
 
