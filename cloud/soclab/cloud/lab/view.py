@@ -25,7 +25,14 @@ HEADLINE = {
     "eload": ("bat_v", "bat_a", "ah"),
     "labjack": ("bat_v", "bat_a"),
 }
-BRIDGE_COUNTERS = ("messages_received", "points_written", "messages_invalid", "write_errors", "write_retries")
+BRIDGE_COUNTERS = (
+    "messages_received",
+    "points_written",
+    "messages_invalid",
+    "write_errors",
+    "write_retries",
+    "confirmations_published",
+)
 ERROR_WORDS = ("error", "lost", "losses", "dropped", "rejected", "invalid", "timeout", "fail")
 
 
@@ -133,7 +140,7 @@ class LiveView:
             f"soclab lab - {time.strftime('%Y-%m-%d %H:%M:%S')}   (Ctrl-C stops everything)",
             "",
             f"{'device':<18}{'state':<9}{'samples/s':>10}{'received':>10}{'seq':>9}{'gaps':>6}"
-            f"{'spool':>7}  last values",
+            f"{'spool':>7}{'backlog':>8}  last values",
         ]
         with self._lock:
             for key in sorted(self.devices):
@@ -148,7 +155,8 @@ class LiveView:
                 lines.append(
                     f"{key:<18}{st.get('state', '?'):<9}{dev.rate(now):>10.1f}{dev.samples:>10}"
                     f"{dev.last_seq if dev.last_seq is not None else '-':>9}{dev.seq_gaps:>6}"
-                    f"{_fmt(gauges.get('spool_depth', '-')):>7}  {' '.join(shown)}"
+                    f"{_fmt(gauges.get('spool_depth', '-')):>7}{_fmt(gauges.get('backlog_samples', '-')):>8}"
+                    f"  {' '.join(shown)}"
                 )
             lines.append("")
             stored = "  ".join(f"{m}={n}" for m, n in sorted(self.stored.items())) or "-"
