@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+from soclab.wire.settings import ConfigError, check_type, parse, read_toml, section
 
+__all__ = ["BridgeConfig", "ConfigError", "load"]
 
-class ConfigError(ValueError):
-    """A setting that is missing, misspelt or of the wrong type; the message names it."""
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -85,9 +84,9 @@ class BridgeConfig:
 
     def check(self) -> BridgeConfig:
         """Raise ConfigError for what cannot work; return self."""
-        if not _NAME.match(self.id):
+        if not _NAME.fullmatch(self.id):
             raise ConfigError(f"[bridge] id {self.id!r} must match {_NAME.pattern}")
-        if self.site != "+" and not _NAME.match(self.site):
+        if self.site != "+" and not _NAME.fullmatch(self.site):
             raise ConfigError(f"[bridge] site {self.site!r} must be '+' or match {_NAME.pattern}")
         for name in ("url", "org", "bucket"):
             if not getattr(self.influx, name):
@@ -131,18 +130,16 @@ _ENV = "SOCLAB_BRIDGE_"
 def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> BridgeConfig:
     """Read the TOML file (if any), apply ``SOCLAB_BRIDGE_*`` variables, read secrets, check."""
     env = dict(os.environ if env is None else env)
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+    raw = read_toml(path)
     bridge_table = raw.pop("bridge", {})
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: bridge, {', '.join(_SECTIONS)}")
     top = _top_level(bridge_table, env)
-    sections = {name: _section(name, cls, raw.get(name, {}), env) for name, cls in _SECTIONS.items()}
+    sections = {
+        name: section(name, cls, raw.get(name, {}), env, _ENV, refused=_refused(name))
+        for name, cls in _SECTIONS.items()
+    }
     sections["mqtt"] = replace(sections["mqtt"], password=_secret(env, "mqtt", "password", sections["mqtt"]))
     sections["influx"] = replace(
         sections["influx"], token=_secret(env, "influx", "token", sections["influx"])
@@ -160,32 +157,19 @@ def _top_level(table: Any, env: dict[str, str]) -> dict[str, Any]:
     for key, kind in _TOP_LEVEL.items():
         name = f"{_ENV}{key.upper()}"
         if name in env:
-            values[key] = _parse(env[name], kind, name)
+            values[key] = parse(env[name], kind, name)
     for key, value in values.items():
-        _check_type(f"[bridge] {key}", value, _TOP_LEVEL[key])
+        check_type(f"[bridge] {key}", value, _TOP_LEVEL[key])
     return values
 
 
-def _section(name: str, cls: type, table: Any, env: dict[str, str]) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    for key in table:
-        if (name, key) in _SECRETS:
-            raise ConfigError(
-                f"[{name}] {key}: secrets are not read from the config file; set "
-                f"{_ENV}{name.upper()}_{key.upper()} or [{name}] {_SECRETS[name, key]}"
-            )
-        if key not in known:
-            raise ConfigError(f"[{name}] has no setting {key!r}; known: {', '.join(known)}")
-    values = dict(table)
-    for key, f in known.items():
-        variable = f"{_ENV}{name.upper()}_{key.upper()}"
-        if variable in env and (name, key) not in _SECRETS:
-            values[key] = _parse(env[variable], _kind(f.type), variable)
-    for key, value in values.items():
-        _check_type(f"[{name}] {key}", value, _kind(known[key].type))
-    return cls(**values)
+def _refused(name: str) -> dict[str, str]:
+    return {
+        key: f"secrets are not read from the config file; set {_ENV}{name.upper()}_{key.upper()} "
+        f"or [{name}] {file_key}"
+        for (sec, key), file_key in _SECRETS.items()
+        if sec == name
+    }
 
 
 def _secret(env: dict[str, str], section: str, key: str, config: Any) -> str:
@@ -197,27 +181,3 @@ def _secret(env: dict[str, str], section: str, key: str, config: Any) -> str:
         except OSError as exc:
             raise ConfigError(f"[{section}] {_SECRETS[section, key]}: {exc}") from None
     return value
-
-
-def _kind(annotation: Any) -> type:
-    return {"int": int, "float": float, "bool": bool, "str": str}[str(annotation)]
-
-
-def _parse(text: str, kind: type, where: str) -> Any:
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}={text!r} is not a boolean (true/false)")
-    try:
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"{where}={text!r} is not a valid {kind.__name__}") from None
-
-
-def _check_type(where: str, value: Any, kind: type) -> None:
-    accepted: tuple[type, ...] = (int, float) if kind is float else (kind,)
-    if not isinstance(value, accepted) or (isinstance(value, bool) and kind is not bool):
-        raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")

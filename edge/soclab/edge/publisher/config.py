@@ -9,16 +9,14 @@ The ``[instrument]`` table is handed to the driver as it is (see each driver's `
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from soclab.wire import Topic, TopicError
+from soclab.wire.settings import ConfigError, read_toml, section
 
-
-class ConfigError(ValueError):
-    """A setting that is missing, misspelt or of the wrong type; the message names it."""
+__all__ = ["ConfigError", "PublisherConfig", "load"]
 
 
 @dataclass(frozen=True)
@@ -105,16 +103,13 @@ _SECTIONS = {
 def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> PublisherConfig:
     """Read the TOML file (if any), apply ``SOCLAB_*`` variables, check everything."""
     env = dict(os.environ if env is None else env)
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+    raw = read_toml(path)
     unknown = set(raw) - set(_SECTIONS) - {"instrument", "log_level"}
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}, instrument")
-    sections = {name: _section(name, cls, raw.get(name, {}), env) for name, cls in _SECTIONS.items()}
+    sections = {
+        name: section(name, cls, raw.get(name, {}), env, "SOCLAB_") for name, cls in _SECTIONS.items()
+    }
     instrument = _instrument(raw.get("instrument", {}), env)
     config = PublisherConfig(
         instrument=instrument,
@@ -149,34 +144,3 @@ def _instrument(table: Any, env: dict[str, str]) -> dict[str, Any]:
                 raise ConfigError(f"{variable}: [instrument] {parent} is not a table")
         target[key] = value
     return instrument
-
-
-def _section(name: str, cls: type, table: dict[str, Any], env: dict[str, str]) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    for key in table:
-        if key not in known:
-            raise ConfigError(f"[{name}] has no setting {key!r}; known: {', '.join(known)}")
-    values = dict(table)
-    for key, f in known.items():
-        env_value = env.get(f"SOCLAB_{name.upper()}_{key.upper()}")
-        if env_value is not None:
-            values[key] = _parse(env_value, f.type, f"SOCLAB_{name.upper()}_{key.upper()}")
-    try:
-        section = cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"[{name}]: {exc}") from None
-    for key, f in known.items():
-        expected = {"int": int, "float": (int, float), "str": str}.get(str(f.type))
-        value = getattr(section, key)
-        if expected and (not isinstance(value, expected) or isinstance(value, bool)):
-            raise ConfigError(f"[{name}] {key} must be {f.type}, got {value!r}")
-    return section
-
-
-def _parse(text: str, type_name: Any, where: str) -> Any:
-    try:
-        return {"int": int, "float": float}.get(str(type_name), str)(text)
-    except ValueError:
-        raise ConfigError(f"{where}={text!r} is not a valid {type_name}") from None
