@@ -14,6 +14,12 @@ now stored: one ``soclab.stored/1`` message (QoS 1) per device and batch on
 named as ``dead_lettered``. The publisher keeps samples in its spool until they are confirmed, so
 what a broker loses (killed before it saved its queue) is sent again.
 
+Telemetry. The bridge also subscribes to the publishers' retained ``.../status`` and stores each
+as a ``soclab_status`` point, and adds to every write one ``soclab_bridge`` point per device
+(messages, samples, dead letters, lag from sample time to arrival): ``telemetry`` documents both.
+Should InfluxDB refuse a write that carries telemetry, the same messages are written again
+without it before any of them is taken for a bad one.
+
 Memory. The broker sends a client at most ``max_inflight_messages`` unacknowledged messages
 (Mosquitto's setting, 20 by default: raise it, ``localservices.mosquitto`` uses 1000), so during a
 database outage the bridge holds at most that many; the rest wait in the broker's queue for the
@@ -59,6 +65,7 @@ import paho.mqtt.client as mqtt
 from soclab.cloud.bridge.config import BridgeConfig
 from soclab.cloud.bridge.intake import Intake, Rejected, dead_letter, merge_ranges
 from soclab.cloud.bridge.sink import InfluxSink, WriteFailed, WriteRejected
+from soclab.cloud.bridge.telemetry import Telemetry, status_lines
 from soclab.wire import STORED_SCHEMA, Topic, encode
 
 log = logging.getLogger("soclab.cloud.bridge")
@@ -138,11 +145,13 @@ class Bridge:
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config.check()
         self.subscription = Topic.subscription("data", config.site)
+        self.status_subscription = Topic.subscription("status", config.site)
         self.status_topic = f"soclab-bridge/{config.id}/status"
         self.fallback_deadletter_topic = f"soclab-bridge/{config.id}/deadletter"
         self.consumer = f"soclab-bridge/{config.id}"
         self._counters = _Counters()
         self._intake = Intake()
+        self._telemetry = Telemetry(config.id)
         i = config.influx
         self._sink = InfluxSink(i.url, i.token, i.org, i.bucket, timeout_ms=i.timeout_ms, gzip=i.gzip)
         self._inbox: queue.SimpleQueue[_Received] = queue.SimpleQueue()
@@ -282,7 +291,7 @@ class Bridge:
             self._generation += 1
             self._connected = True
         log.info("event=connected session_present=%s", flags.session_present)
-        client.subscribe(self.subscription, qos=1)
+        client.subscribe([(self.subscription, 1), (self.status_subscription, 1)])
         client.publish(self.status_topic, self._status_payload("online"), 1, True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -373,7 +382,10 @@ class Bridge:
             return None
         self._ledger.append(entry)
         try:
-            lines, entry.ranges = self._intake.accept(received.topic, received.payload)
+            if received.topic.endswith("/status"):
+                lines = status_lines(received.topic, received.payload)
+            else:
+                lines, entry.ranges = self._intake.accept(received.topic, received.payload)
         except Rejected as exc:
             self._dead_letter(entry, exc.reason)
             return None
@@ -389,6 +401,7 @@ class Bridge:
         """Write these entries in one request, retrying until it succeeds; isolate refused ones."""
         delay = self.config.retry.initial_s
         give_up = None
+        with_telemetry = True
         while True:
             live = []
             for entry in entries:
@@ -398,9 +411,18 @@ class Bridge:
                     self._resolve(entry, stale=True)
             if not live:
                 return
+            body = b"\n".join(e.body for e in live)
+            arrivals = ((e.received.topic, e.body, e.received.received_ns) for e in live)
+            telemetry = self._telemetry.batch(arrivals, time.time_ns()) if with_telemetry else None
+            if telemetry is not None and telemetry.lines:
+                body += b"\n" + "\n".join(telemetry.lines).encode()
             try:
-                self._sink.write(b"\n".join(e.body for e in live))
+                self._sink.write(body)
             except WriteRejected as exc:
+                if telemetry is not None and telemetry.lines:
+                    log.warning("event=write_refused error=%r (again without telemetry)", str(exc))
+                    with_telemetry = False
+                    continue
                 if len(live) == 1:
                     self._dead_letter(live[0], f"InfluxDB refused the points: {exc}")
                     self._confirm(live, "dead_lettered")
@@ -432,6 +454,8 @@ class Bridge:
             for entry in live:
                 entry.written = True
                 self._resolve(entry)
+            if telemetry is not None:
+                self._telemetry.written(telemetry)
             self._confirm(live, "stored")
             self._counters.add("points_written", sum(e.points for e in live))
             self._counters.add("batches_written")
@@ -457,6 +481,7 @@ class Bridge:
     def _dead_letter(self, entry: _Entry, reason: str) -> None:
         r = entry.received
         self._counters.add("messages_invalid")
+        self._telemetry.dead_lettered(r.topic)
         log.warning("event=dead_letter topic=%s reason=%r bytes=%d", r.topic, reason, len(r.payload))
         topic, payload = dead_letter(
             r.topic,

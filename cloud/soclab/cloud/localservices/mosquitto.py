@@ -11,6 +11,10 @@ config must set the same value).
 Persistence is Mosquitto's: an in-memory store written to ``mosquitto.db`` on a clean stop and
 every ``autosave_interval`` seconds. ``stop()`` keeps everything; ``kill()`` (SIGKILL) loses
 what arrived since the last save, exactly as the real broker does.
+
+``Mosquitto.from_project_config()`` starts instead the production configuration
+(``compose/mosquitto/config``: TLS, passwords, ACL, limits) with only its paths and its port
+changed (``project_config()``), so tests prove what the server's broker does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -26,6 +31,48 @@ from soclab.cloud.localservices.process import ServerProcess, find_binary
 
 MAX_INFLIGHT_MESSAGES = 1000
 MAX_QUEUED_MESSAGES = 1_000_000
+# Where the eclipse-mosquitto container sees the files compose/mosquitto/config/mosquitto.conf names.
+CONTAINER_FOLDERS = ("/mosquitto/config", "/mosquitto/data", "/mosquitto/passwd", "/mosquitto/certs")
+PROJECT_LISTENER = "listener 8883"
+
+
+def project_config(text: str, *, port: int, host: str, folders: Mapping[str, Path], log_path: Path) -> str:
+    """The project's top-level mosquitto.conf with only its paths, its port and its log changed.
+
+    ``folders`` maps each container folder (``CONTAINER_FOLDERS``) to a local one. The listener
+    ``listener 8883`` becomes ``listener <port> <host>``, ``log_dest stdout`` a log file, and a
+    ``user`` line (this process's user) comes first; every other line stays as it is. Raises
+    ValueError if the file does not have the expected listener and log lines, or names a
+    container path that ``folders`` does not map.
+    """
+    missing = [f for f in CONTAINER_FOLDERS if f not in folders]
+    if missing:
+        raise ValueError(f"no local folder for {missing}")
+    lines = [f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
+    found = {"listener": 0, "log_dest": 0}
+    for line in text.splitlines():
+        words = line.split()
+        if words == PROJECT_LISTENER.split():
+            line = f"listener {port} {host}"
+            found["listener"] += 1
+        elif words == ["log_dest", "stdout"]:
+            line = f"log_dest file {log_path}"
+            found["log_dest"] += 1
+        elif not line.lstrip().startswith("#"):
+            line = " ".join(_local_path(word, folders) for word in words)
+        lines.append(line)
+    if found != {"listener": 1, "log_dest": 1}:
+        raise ValueError(f"expected one '{PROJECT_LISTENER}' and one 'log_dest stdout' line, found {found}")
+    return "\n".join(lines) + "\n"
+
+
+def _local_path(word: str, folders: Mapping[str, Path]) -> str:
+    for container, local in folders.items():
+        if word == container or word.startswith(container + "/"):
+            return str(local) + word[len(container) :]
+    if word.startswith("/mosquitto/"):
+        raise ValueError(f"{word}: not below any of {', '.join(folders)}")
+    return word
 
 
 class Mosquitto:
@@ -54,6 +101,38 @@ class Mosquitto:
         self.conf_path.write_text(self._config(autosave_interval_s, max_inflight_messages), encoding="utf-8")
         binary = find_binary("mosquitto", ["/usr/sbin/mosquitto"])
         self._process = ServerProcess("mosquitto", [binary, "-c", str(self.conf_path)], self.log_path)
+
+    @classmethod
+    def from_project_config(
+        cls,
+        folder: Path | str,
+        *,
+        config_dir: Path | str,
+        passwd_dir: Path | str,
+        certs_dir: Path | str,
+        port: int | None = None,
+        start_timeout_s: float = 10.0,
+    ) -> Mosquitto:
+        """The broker of ``compose/mosquitto/config`` (``config_dir``), on a free loopback port.
+
+        ``passwd_dir`` holds ``passwd`` (mosquitto_passwd), ``certs_dir`` the server's
+        ``ca.crt``, ``server.crt`` and ``server.key`` (``compose/mosquitto/make-certs.sh``);
+        data and log go to ``folder``. Clients connect with TLS and credentials, as in production.
+        """
+        broker = cls(folder, port=port, start_timeout_s=start_timeout_s)
+        config_dir = Path(config_dir).resolve()
+        folders = {
+            "/mosquitto/config": config_dir,
+            "/mosquitto/data": broker.folder.resolve(),
+            "/mosquitto/passwd": Path(passwd_dir).resolve(),
+            "/mosquitto/certs": Path(certs_dir).resolve(),
+        }
+        text = (config_dir / "mosquitto.conf").read_text(encoding="utf-8")
+        config = project_config(
+            text, port=broker.port, host=broker.host, folders=folders, log_path=broker.log_path
+        )
+        broker.conf_path.write_text(config, encoding="utf-8")
+        return broker
 
     def _config(self, autosave_interval_s: int, max_inflight_messages: int) -> str:
         return "\n".join(
