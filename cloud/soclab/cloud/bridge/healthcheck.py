@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 
 from soclab.cloud.bridge import config as config_module
 from soclab.cloud.bridge.config import BridgeConfig
+from soclab.wire.mqtt import secure
 
 
 def check(config: BridgeConfig, *, timeout_s: float = 5.0, slack_s: float = 5.0) -> str | None:
@@ -69,16 +70,8 @@ def _client(config: BridgeConfig, statuses: queue.Queue[Any], topic: str) -> mqt
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=f"{config.client_id}-health", protocol=mqtt.MQTTv311
     )
-    if m.username:
-        client.username_pw_set(m.username, m.password or None)
-    if m.tls_ca:
-        client.tls_set(
-            ca_certs=m.tls_ca,
-            certfile=m.tls_cert or None,
-            keyfile=m.tls_key or None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+    secure(client, username=m.username, password=m.password, tls_ca=m.tls_ca,
+           tls_cert=m.tls_cert, tls_key=m.tls_key)  # fmt: skip
 
     def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

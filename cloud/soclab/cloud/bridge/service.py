@@ -53,7 +53,6 @@ import contextlib
 import json
 import logging
 import queue
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ from soclab.cloud.bridge.intake import Intake, Rejected, dead_letter, merge_rang
 from soclab.cloud.bridge.sink import InfluxSink, WriteFailed, WriteRejected
 from soclab.cloud.bridge.telemetry import Telemetry, status_lines
 from soclab.wire import STORED_SCHEMA, Topic, encode
+from soclab.wire.mqtt import secure
 
 log = logging.getLogger("soclab.cloud.bridge")
 _PAHO_LOG = logging.getLogger("soclab.cloud.bridge.paho")
@@ -262,16 +262,8 @@ class Bridge:
         )
         _PAHO_LOG.addFilter(self._quiet_at_stop)  # removed again at stop
         client.enable_logger(_PAHO_LOG)
-        if m.username:
-            client.username_pw_set(m.username, m.password or None)
-        if m.tls_ca:
-            client.tls_set(
-                ca_certs=m.tls_ca,
-                certfile=m.tls_cert or None,
-                keyfile=m.tls_key or None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        secure(client, username=m.username, password=m.password, tls_ca=m.tls_ca,
+               tls_cert=m.tls_cert, tls_key=m.tls_key)  # fmt: skip
         client.will_set(self.status_topic, self._status_payload("offline", "connection-lost"), 1, True)
         client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)
         client.max_inflight_messages_set(100)  # our own publishes: dead letters and status

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ssl
-
 import paho.mqtt.client as mqtt
 
 from soclab.edge.publisher.config import PublisherConfig
+from soclab.wire.mqtt import secure
 
 
 def make_client(config: PublisherConfig, will_payload: bytes) -> mqtt.Client:
@@ -23,16 +22,8 @@ def make_client(config: PublisherConfig, will_payload: bytes) -> mqtt.Client:
         protocol=mqtt.MQTTv311,
     )
     client.enable_logger()
-    if m.username:
-        client.username_pw_set(m.username, m.password())
-    if m.tls_ca:
-        client.tls_set(
-            ca_certs=m.tls_ca,
-            certfile=m.tls_cert or None,
-            keyfile=m.tls_key or None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+    secure(client, username=m.username, password=m.password() if m.username else None,
+           tls_ca=m.tls_ca, tls_cert=m.tls_cert, tls_key=m.tls_key)  # fmt: skip
     status_topic = str(config.topic.with_kind("status"))
     client.will_set(status_topic, will_payload, qos=1, retain=True)
     client.reconnect_delay_set(min_delay=max(1, int(m.reconnect_min_s)), max_delay=int(m.reconnect_max_s))
