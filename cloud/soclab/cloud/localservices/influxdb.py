@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import urllib3
 
 from soclab.cloud.localservices.ports import LOOPBACK, free_ports
-from soclab.cloud.localservices.process import LocalServiceError, ServerProcess, find_binary
+from soclab.cloud.localservices.process import LocalServer, LocalServiceError, ServerProcess, find_binary
 
 
 class InfluxQLError(RuntimeError):
@@ -32,7 +31,7 @@ class InfluxQLError(RuntimeError):
         self.status = status
 
 
-class InfluxDB1:
+class InfluxDB1(LocalServer):
     """``with InfluxDB1(folder) as influx:`` a running influxd at ``influx.url``.
 
     With ``admin=(user, password)`` authentication is on and that admin user is created at the
@@ -67,14 +66,6 @@ class InfluxDB1:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    @property
-    def running(self) -> bool:
-        return self._process.running
 
     def _config(self) -> str:
         d = self.folder
@@ -146,17 +137,6 @@ bind-address = "{self.host}:{self.rpc_port}"
             self._admin_created = True
         return self
 
-    def stop(self) -> None:
-        """SIGTERM: influxd closes its shards and exits."""
-        self._process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash; the WAL is replayed at the next start."""
-        self._process.kill()
-
-    def log_tail(self, lines: int = 30) -> str:
-        return self._process.log_tail(lines)
-
     def ping(self) -> bool:
         """True if the server answers ``/ping`` with 204."""
         try:
@@ -200,14 +180,6 @@ bind-address = "{self.host}:{self.rpc_port}"
                 raise InfluxQLError(f"{q!r}: {result['error']}", response.status)
             series.extend(result.get("series", []))
         return series
-
-    def __enter__(self) -> InfluxDB1:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"InfluxDB1({self.url}, pid={self.pid})"

@@ -24,10 +24,9 @@ import pwd
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from soclab.cloud.localservices.ports import LOOPBACK, accepts, free_port
-from soclab.cloud.localservices.process import ServerProcess, find_binary
+from soclab.cloud.localservices.process import LocalServer, ServerProcess, find_binary
 
 MAX_INFLIGHT_MESSAGES = 1000
 MAX_QUEUED_MESSAGES = 1_000_000
@@ -75,7 +74,7 @@ def _local_path(word: str, folders: Mapping[str, Path]) -> str:
     return word
 
 
-class Mosquitto:
+class Mosquitto(LocalServer):
     """``with Mosquitto(folder) as broker:`` a running broker at ``broker.host:broker.port``.
 
     ``stop()``/``kill()`` and ``start()`` again reuse the same port and persistence file, so a
@@ -161,14 +160,6 @@ class Mosquitto:
             ]
         )
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    @property
-    def running(self) -> bool:
-        return self._process.running
-
     def start(self) -> Mosquitto:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
 
@@ -182,25 +173,6 @@ class Mosquitto:
 
         self._process.start(ready, self.start_timeout_s)
         return self
-
-    def stop(self) -> None:
-        """SIGTERM: Mosquitto saves its store and exits."""
-        self._process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash; messages since the last autosave are lost."""
-        self._process.kill()
-
-    def log_tail(self, lines: int = 30) -> str:
-        return self._process.log_tail(lines)
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"Mosquitto({self.host}:{self.port}, pid={self.pid})"

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 _live: set[ServerProcess] = set()  # started and not yet stopped or killed
 
@@ -109,6 +110,39 @@ class ServerProcess:
         except OSError as exc:
             return f"(no log: {exc})"
         return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalServer:
+    """What ``Mosquitto`` and ``InfluxDB1`` share: one ``ServerProcess`` in ``_process``, stopped
+    (SIGTERM) or killed (SIGKILL, a crash) on demand, and a context manager around ``start()``."""
+
+    _process: ServerProcess
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    def stop(self) -> None:
+        self._process.stop()
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self._process.log_tail(lines)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def find_binary(name: str, fallbacks: Sequence[str]) -> str:
