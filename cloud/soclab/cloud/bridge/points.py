@@ -103,14 +103,23 @@ def _format_value(index: int, name: str, value: Any) -> str:
         return "false"
     if not isinstance(value, int | float):
         raise PointError(f"samples/{index}/values/{name}: {type(value).__name__} is not a number or boolean")
+    text = float_text(value)
+    if text is None:
+        raise PointError(f"samples/{index}/values/{name}: {value!r} is not a finite float")
+    return text
+
+
+def float_text(value: float) -> str | None:
+    """A number as a line-protocol float, as Point writes it (13.0 -> 13, still a float field);
+    None when it is not finite (JSON's 1e999 parses as infinity; line protocol has none)."""
     try:
         number = float(value)
     except OverflowError:
-        number = math.inf
+        return None
     if not math.isfinite(number):
-        raise PointError(f"samples/{index}/values/{name}: {value!r} is not a finite float")
+        return None
     text = repr(number)
-    return text[:-2] if text.endswith(".0") else text  # as Point writes it: 13.0 -> 13 (still a float)
+    return text[:-2] if text.endswith(".0") else text
 
 
 _field_keys: dict[str, str] = {}

@@ -41,7 +41,6 @@ the next write (data or status of any device): they never delay an acknowledgeme
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from influxdb_client.client.write.point import (
 )
 
 from soclab.cloud.bridge.intake import Rejected
+from soclab.cloud.bridge.points import float_text
 from soclab.wire import STATUS_SCHEMA, InvalidMessage, Topic, TopicError, decode
 
 STATUS_MEASUREMENT = "soclab_status"
@@ -231,11 +231,7 @@ def _string(value: str) -> str:
 
 
 def _float(name: str, value: float) -> str:
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
+    text = float_text(value)
+    if text is None:
         raise Rejected(f"{name}={value!r} is not a finite number")
-    text = repr(number)
-    return text[:-2] if text.endswith(".0") else text  # as points.py and influxdb-client's Point
+    return text
