@@ -181,6 +181,35 @@ def test_units_are_installed_enabled_and_valid(converged: Converged) -> None:
         assert line in unit.splitlines(), line
 
 
+def test_the_link_watchdog_is_scheduled_and_valid(converged: Converged) -> None:
+    root = converged.target.path
+    assert (root / "etc/systemd/system/timers.target.wants/soclab-linkwatch.timer").is_symlink()
+    units = ["soclab-linkwatch.service", "soclab-linkwatch.timer"]
+    result = converged.target.run(["systemd-analyze", "verify", *units], check=False)
+    assert result.returncode == 0, result.stderr
+    assert not result.stderr.strip(), "systemd-analyze verify warned"
+    service = (root / "etc/systemd/system/soclab-linkwatch.service").read_text().splitlines()
+    [exec_start] = [line for line in service if line.startswith("ExecStart=")]
+    assert exec_start.split("=", 1)[1].split() == [
+        "/opt/soclab/venv/bin/soclab-linkwatch", "--host", BROKER, "--port", "8883",
+        "--interface", "wlan0", "--failures", "3", "--reboot-after", "0",
+        "--state", "/run/soclab-linkwatch/state.json",
+    ]  # fmt: skip
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN" in service
+    timer = (root / "etc/systemd/system/soclab-linkwatch.timer").read_text()
+    assert "OnUnitActiveSec=60s" in timer.splitlines()
+    # The command runs on the target, as the timer would run it (no broker there: a dry run).
+    result = converged.target.run(
+        [*exec_start.split("=", 1)[1].split()[:-2], "--state", "/tmp/linkwatch.json", "--dry-run",
+         "--timeout", "1", "--host", "127.0.0.1", "--port", "9"],
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "event=link_down" in result.stderr
+    powersave = (root / "etc/NetworkManager/conf.d/50-soclab-wifi-powersave.conf").read_text()
+    assert "wifi.powersave = 2" in powersave.splitlines()
+
+
 def test_udev_rules_name_every_instrument(converged: Converged) -> None:
     rules = (converged.target.path / "etc/udev/rules.d/70-soclab.rules").read_text()
     lines = [line for line in rules.splitlines() if line and not line.startswith("#")]
@@ -327,7 +356,8 @@ def test_service_account_spool_journal_and_clock(converged: Converged) -> None:
 def test_nothing_was_started_in_the_chroot(converged: Converged) -> None:
     """systemd is not running there: the role must have skipped every start, restart and reload."""
     output = converged.first.output
-    for task in ("Start chrony and the publishers", "Read the clock's synchronisation status"):
+    started = "Start chrony, the publishers and the link watchdog"
+    for task in (started, "Read the clock's synchronisation status"):
         block = output.split(f"TASK [soclab_edge : {task}]", 1)[1].split("TASK [", 1)[0]
         assert "skipping:" in block, block
         assert "changed:" not in block, block
