@@ -262,6 +262,8 @@ def expected_config(instrument: dict[str, Any]) -> dict[str, Any]:
     device = instrument["device"]
     files = f"/etc/soclab/secrets/{user(device).replace('/', '.')}"
     table = {"port": f"/dev/soclab-{device}"} if instrument["kind"] != "labjack" else {}
+    if instrument["kind"] == "mppt":
+        table |= {"extra_fields": ["int_degc", "mosfet_degc", "bat_degc"], "extra_every_s": 10.0}
     return {
         "log_level": instrument.get("log_level", "INFO"),
         "source": {"site": SITE, "node": HOST, "device": device, "kind": instrument["kind"]},

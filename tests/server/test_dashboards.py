@@ -6,11 +6,10 @@ The database is filled through the whole pipeline, once for the module:
   Bat_V, EA Bat_V) replayed by ``soclab.edge.replay`` as node ``pi-rec`` (10 samples a
   message, to keep the test short) -> Mosquitto -> the bridge -> InfluxDB;
 - what the recording does not have (the MPPT's SoC, load and charger state, the Ah counters, the
-  e-load's current, the publishers' status) from the simulated lab of ``make lab`` (MPPT and
-  electronic load, node ``pi-sim``) running for a few seconds through the same broker and bridge;
-- temperatures: no instrument publishes one yet (the MPPT's serial publication has none, see the
-  report), so one message with the MPPT's temperature fields (names from its field map) is sent
-  through the pipeline; and one invalid message, for the dead-letter panel.
+  temperatures the MPPT driver asks for beside its publication, the e-load's current, the
+  publishers' status) from the simulated lab of ``make lab`` (MPPT and electronic load, node
+  ``pi-sim``) running for a few seconds through the same broker and bridge;
+- one invalid message, for the dead-letter panel.
 
 Each query is rendered as Grafana renders it (``grafana_macros``) for the recording's time range
 and for the live run's, and must return series with exactly the expected value columns and values
@@ -21,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,10 +134,11 @@ def filled(
             wait_for(filled, "SELECT count(online) FROM soclab_status WHERE node = 'pi-sim'", 2)
             argv = [str(RECORDING), "--site", SITE, "--node", "pi-rec", "--samples-per-message", "10"]
             assert replay.main([*argv, "--host", broker.host, "--port", str(broker.port)]) == 0
-            send_extras(broker)
+            send_junk(broker)
             total = sum(len(s) for s in recording.samples.values())
             wait_for(filled, "SELECT count(seq) FROM labjack, mppt, eload WHERE node = 'pi-rec'", total)
-            wait_for(filled, "SELECT count(int_degc) FROM mppt", 3)
+            for name in TEMPERATURES:
+                wait_for(filled, f"SELECT count({name}) FROM mppt WHERE node = 'pi-sim'", 1)
             wait_for(filled, "SELECT sum(dead_letters) FROM soclab_bridge", 1)
         live_to = time.time_ns() // 1_000_000
         first = min(s[0].t_ns for s in recording.samples.values()) // 1_000_000
@@ -154,20 +155,11 @@ def wait_for(filled: Filled, q: str, at_least: int) -> None:
         time.sleep(0.2)
 
 
-def send_extras(broker: Mosquitto) -> None:
-    """Temperatures (which no instrument publishes yet) and one message the bridge must refuse."""
+def send_junk(broker: Mosquitto) -> None:
+    """One message the bridge must refuse (the dead-letter panel)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     client.connect(broker.host, broker.port)
     client.loop_start()
-    now = time.time_ns()
-    source = {"site": SITE, "node": "pi-sim", "device": "mppt-temp", "kind": "mppt"}
-    samples = [
-        {"seq": i, "t_ns": now - (3 - i) * 1_000_000_000, "values": {name: 25.0 + i for name in TEMPERATURES}}
-        for i in range(3)
-    ]
-    message = {"schema": "soclab.data/1", "source": source, "samples": samples}
-    topic = f"soclab/{SITE}/pi-sim/mppt-temp/data"
-    client.publish(topic, json.dumps(message).encode(), qos=1).wait_for_publish(10)
     client.publish(f"soclab/{SITE}/pi-sim/junk/data", b"not json", qos=1).wait_for_publish(10)
     client.disconnect()
     client.loop_stop()
@@ -262,5 +254,7 @@ def test_every_replayed_sample_is_counted_by_the_health_board(filled: Filled) ->
     assert counts == {device: len(samples) for device, samples in filled.recording.samples.items()}
 
 
-def test_the_temperature_fields_are_the_mppts() -> None:
+def test_the_lab_asks_the_mppt_for_the_temperatures_of_the_panel() -> None:
     assert all(FIELDS[name].unit == "degC" for name in TEMPERATURES)
+    config = tomllib.loads((REPO / "cloud/soclab/cloud/lab/publishers/mppt.toml").read_text())
+    assert sorted(config["instrument"]["extra_fields"]) == sorted(TEMPERATURES)

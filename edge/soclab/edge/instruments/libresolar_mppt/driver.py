@@ -14,12 +14,19 @@ thread while ``read()`` runs, or from the reading thread between reads; no line 
 Known limit: a response arriving after its request timed out is dropped and counted
 (``unexpected_responses``), unless a next request is already in flight, which then takes it.
 
+Items the firmware does not publish (the temperatures ``int_degc``, ``mosfet_degc``, ``bat_degc``
+...) can be asked for every ``extra_every_s`` (``extra_fields``): their values ride on the
+publication that came just before the request, so they carry its time stamp although they were
+measured up to one request round trip (milliseconds) later. An item this firmware lacks is left
+out after its first ``NotFound``; a failed request costs the extras, never the publications.
+
 Counters (``health.counters``), besides the base's ``samples_read``, ``connection_losses`` and
 ``port_reopens``: ``publications``; ``lines_ignored`` (every line that gave nothing: banner, blank,
 half lines, and the malformed ones, which also count as ``parse_errors``); ``requests``,
 ``request_errors``; ``unexpected_responses``; ``unknown_items`` (distinct item names soclab does not
 map, each logged once); ``values_skipped`` (mapped items whose value was not a number or bool);
-``empty_publications``, ``unknown_channels``, ``readings_dropped``, ``identity_failures``.
+``empty_publications``, ``unknown_channels``, ``readings_dropped``, ``identity_failures``;
+``extra_reads`` and ``extra_errors``.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ from soclab.edge.instruments.libresolar_mppt.codec import Publication, Response
 from soclab.edge.instruments.libresolar_mppt.fields import (
     DIALECT_BY_CHANNEL,
     DIALECTS,
+    FIELDS,
     Dialect,
+    Item,
     map_items,
 )
 
@@ -146,12 +155,26 @@ class MpptDriver(Instrument):
         read_slice_s: float = 0.05,
         max_buffered: int = 10_000,
         max_line: int = 8192,
+        extra_fields: Iterable[str] = (),
+        extra_every_s: float = 10.0,
     ) -> None:
         """``dialect`` is only a first guess (``"v21"``, ``"v0.4"``, ``"v0.5"``, ``"v0.6"``):
-        the publications decide. ``read_slice_s`` bounds one blocking serial read."""
+        the publications decide. ``read_slice_s`` bounds one blocking serial read.
+        ``extra_fields``: soclab names of unpublished items to ask for every ``extra_every_s``."""
         super().__init__()
         if dialect is not None and dialect not in DIALECTS:
             raise ValueError(f"unknown dialect {dialect!r}; known: {', '.join(DIALECTS)}")
+        if isinstance(extra_fields, str):
+            raise TypeError("extra_fields must be a list of field names, not one string")
+        self.extra_fields = tuple(dict.fromkeys(extra_fields))
+        unknown = [name for name in self.extra_fields if name not in FIELDS]
+        if unknown:
+            raise ValueError(f"unknown extra_fields {unknown}; known: {', '.join(FIELDS)}")
+        if not extra_every_s > 0:
+            raise ValueError(f"extra_every_s must be > 0, got {extra_every_s!r}")
+        self.extra_every_s = extra_every_s
+        self._extras_due = 0.0  # time.monotonic() of the next extra read
+        self._extras_missing: set[str] = set()  # fields this firmware answered NotFound for
         self.port = port
         self.baudrate = baudrate
         self.request_timeout_s = request_timeout_s
@@ -180,6 +203,8 @@ class MpptDriver(Instrument):
         "read_slice_s": float,
         "max_buffered": int,
         "max_line": int,
+        "extra_fields": lambda v: [n.strip() for n in v.split(",") if n.strip()] if isinstance(v, str) else v,
+        "extra_every_s": float,
     }
 
     @classmethod
@@ -242,7 +267,44 @@ class MpptDriver(Instrument):
         with self._cond:
             out = list(self._readings)
             self._readings.clear()
+        if out and self.extra_fields and time.monotonic() >= self._extras_due:
+            self._extras_due = time.monotonic() + self.extra_every_s
+            self._add_extras(out[-1])
         return out
+
+    def _add_extras(self, reading: Reading) -> None:
+        """Ask for the extra fields, one request per group, and add them to ``reading``."""
+        dialect = self._dialect
+        if dialect is None:
+            return
+        wanted = set(self.extra_fields) - self._extras_missing - set(reading.values)
+        batches: list[list[Item]] = []
+        for group in dict.fromkeys(item.group for item in dialect.items):
+            batch = [item for item in dialect.items if item.group == group and item.field in wanted]
+            batches += [batch] if batch else []
+        for name in wanted - {item.field for batch in batches for item in batch}:
+            self._forget_extra(name, dialect)
+        while batches:
+            batch = batches.pop()
+            try:
+                data = self.read_items(batch[0].group, [item.name for item in batch])
+            except NotFound:  # which item is missing is not said: ask for each alone
+                if len(batch) > 1:
+                    batches += [[item] for item in batch]
+                else:
+                    self._forget_extra(batch[0].field, dialect)
+                continue
+            except InstrumentError:  # logged by the request; a broken port shows at the next read
+                self._count("extra_errors")
+                return
+            mapped = map_items({batch[0].group: data} if dialect.nested else data, dialect).values
+            for name, value in mapped.items():
+                reading.values.setdefault(name, value)
+            self._count("extra_reads")
+
+    def _forget_extra(self, name: str, dialect: Dialect) -> None:
+        self._extras_missing.add(name)
+        self._log_once(f"extra:{name}", "event=extra_unavailable field=%s dialect=%s", name, dialect.name)
 
     def identity(self) -> Identity:
         with self._cond:

@@ -123,6 +123,11 @@ class MpptSimulator(WireSimulator):
             self._solar_offer_a = float(amps)
             self._regulate()
 
+    def remove_item(self, group: str, name: str) -> None:
+        """Be a firmware build without this item (e.g. no MOSFET sensor): requests get NotFound."""
+        with self._lock:
+            del self._tree[group][name]
+
     def inject(self, raw: bytes) -> None:
         """Write raw bytes to the driver (garbage, half lines), as a disturbed wire would."""
         self.port.write(raw)
