@@ -220,7 +220,6 @@ class Bridge:
         self._stopping.set()
         if not self._started:
             self._sink.close()
-            _PAHO_LOG.removeFilter(self._quiet_at_stop)
             self._finished.set()
             return
         log.info("event=stopping")
@@ -230,9 +229,9 @@ class Bridge:
         if self._connected:
             with contextlib.suppress(RuntimeError, ValueError):  # disconnected: the will says offline
                 info.wait_for_publish(timeout=2.0)
+        self._client.disable_logger()  # paho's loop says "Client is not connected" after disconnect()
         self._client.disconnect()
         self._client.loop_stop()
-        _PAHO_LOG.removeFilter(self._quiet_at_stop)
         self._sink.close()
         log.info("event=stopped counters=%s", json.dumps(self.counters(), separators=(",", ":")))
         self._finished.set()
@@ -247,10 +246,6 @@ class Bridge:
 
     # --- MQTT (paho's network thread) ---------------------------------------------------------
 
-    def _quiet_at_stop(self, record: logging.LogRecord) -> bool:
-        """Drop paho's "Client is not connected" error, which its loop logs after our disconnect()."""
-        return not (self._stopping.is_set() and record.getMessage().startswith("Client is not connected"))
-
     def _make_client(self) -> mqtt.Client:
         m = self.config.mqtt
         client = mqtt.Client(
@@ -260,7 +255,6 @@ class Bridge:
             protocol=mqtt.MQTTv311,
             manual_ack=True,
         )
-        _PAHO_LOG.addFilter(self._quiet_at_stop)  # removed again at stop
         client.enable_logger(_PAHO_LOG)
         secure(client, username=m.username, password=m.password, tls_ca=m.tls_ca,
                tls_cert=m.tls_cert, tls_key=m.tls_key)  # fmt: skip

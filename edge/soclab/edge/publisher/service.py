@@ -260,6 +260,7 @@ class Publisher:
                 self._status_topic, self._status_payload("offline", "stopped"), qos=1, retain=True
             )
             info.wait_for_publish(timeout=3)
+        self.client.disable_logger()  # paho's loop says "Client is not connected" after disconnect()
         self.client.disconnect()
         self.client.loop_stop()
         self.spool.close()
