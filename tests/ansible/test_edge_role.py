@@ -364,3 +364,17 @@ def test_nothing_was_started_in_the_chroot(converged: Converged) -> None:
         assert "skipping:" in block, block
         assert "changed:" not in block, block
         assert "ok:" not in block, block
+
+
+def test_switching_the_link_watchdog_off_removes_it(converged: Converged) -> None:
+    """Last in this module: it changes the converged target."""
+    off = converged.project.playbook("edge.yml", "-e", '{"soclab_edge_linkwatch_enabled": false}')
+    off.check()
+    print(f"\nedge converge, link watchdog off: {off.seconds:.1f} s")
+    assert off.recap[HOST]["changed"] > 0
+    units = converged.target.path / "etc/systemd/system"
+    timer = "soclab-linkwatch.timer"
+    for path in ("soclab-linkwatch.service", timer, f"timers.target.wants/{timer}"):
+        assert not (units / path).exists(), path
+        assert not (units / path).is_symlink(), path
+    assert (units / "soclab-publisher@.service").is_file(), "the rest stays"
