@@ -37,7 +37,13 @@ def assigned(var: Path, device: str) -> int:
     if not (var / "spool" / f"{device}.sqlite").exists():
         return 0
     with spool(var, device) as db:
-        return int(db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0  # the file exists, its tables are still being created by the publisher
+            raise
+        return int(row[0]) if row else 0
 
 
 def spooled(var: Path, device: str) -> set[int]:
