@@ -240,6 +240,7 @@ class MpptDriver(Instrument):
         with self._cond:
             self._ser, self._broken = ser, None
             self._buf.clear()
+        self._extras_due, self._extras_missing = 0.0, set()  # perhaps another firmware now
         try:
             self._learn_identity()
         except ConnectionLost:
