@@ -160,6 +160,23 @@ class Project:
             timeout=timeout,
         )
 
+    def converge_twice(self, name: str, label: str) -> tuple[Run, Run, Run]:
+        """A check-mode run on the fresh target, then two real runs; each must succeed."""
+        check, first, second = (
+            self._timed(name, label, what, *args)
+            for what, args in (
+                ("check mode on the fresh root", ["--check"]),
+                ("first run", []),
+                ("second run", []),
+            )
+        )
+        return check, first, second
+
+    def _timed(self, name: str, label: str, what: str, *args: str) -> Run:
+        run = self.playbook(name, *args)
+        print(f"\n{label}, {what}: {run.seconds:.1f} s")
+        return run.check()
+
 
 def snapshot_sources(dest: Path) -> Path:
     """schemas/, edge/ and the constraints as they are now: edits during a run cannot change them."""

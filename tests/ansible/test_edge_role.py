@@ -116,15 +116,7 @@ def converged(tmp_path_factory: pytest.TempPathFactory, pki) -> Iterator[Converg
                 },
             }
         )
-        check = project.playbook("edge.yml", "--check")
-        print(f"\nedge, check mode on the fresh root: {check.seconds:.1f} s")
-        check.check()
-        first = project.playbook("edge.yml")
-        print(f"edge converge, first run: {first.seconds:.1f} s")
-        first.check()
-        second = project.playbook("edge.yml")
-        print(f"edge converge, second run: {second.seconds:.1f} s")
-        second.check()
+        check, first, second = project.converge_twice("edge.yml", "edge")
         yield Converged(target, project, check, first, second, accounts, ca)
     finally:
         target.destroy()

@@ -122,15 +122,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, pki) -> Iterator[Server]:
                 },
             }
         )
-        check = project.playbook("server.yml", "--check")
-        print(f"\nserver, check mode on the fresh root: {check.seconds:.1f} s")
-        check.check()
-        first = project.playbook("server.yml")
-        print(f"server converge, first run: {first.seconds:.1f} s")
-        first.check()
-        second = project.playbook("server.yml")
-        print(f"server converge, second run: {second.seconds:.1f} s")
-        second.check()
+        check, first, second = project.converge_twice("server.yml", "server")
         yield Server(target, project, check, first, second, accounts, pki)
     finally:
         target.destroy()
