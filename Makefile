@@ -10,7 +10,7 @@ PYTEST ?=
 .PHONY: lab test bench bench-ingest bench-drain bench-labjack lint setup system clean
 
 lab: setup
-	$(PY) -m soclab.cloud.lab $(ARGS)
+	$(PY) -m soclab.dev.lab $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST)
@@ -49,7 +49,7 @@ system:
 	    && { $$sudo systemctl disable --now mosquitto influxdb >/dev/null 2>&1 || true; }; \
 	fi
 
-$(VENV)/.installed: requirements/dev.txt requirements/constraints.txt schemas/pyproject.toml edge/pyproject.toml cloud/pyproject.toml
+$(VENV)/.installed: requirements/dev.txt requirements/constraints.txt $(wildcard */pyproject.toml)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -r requirements/dev.txt
 	touch $@

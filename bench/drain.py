@@ -21,13 +21,13 @@ import threading
 import time
 from pathlib import Path
 
-from soclab.cloud.localservices.influxdb import InfluxDB1
-from soclab.cloud.localservices.mosquitto import Mosquitto
-from soclab.cloud.localservices.v2shim import V2WriteShim
+from soclab.dev.localservices.influxdb import InfluxDB1
+from soclab.dev.localservices.mosquitto import Mosquitto
+from soclab.dev.localservices.v2shim import V2WriteShim
+from soclab.dev.sim.steady import SteadyInstrument
 from soclab.edge.instruments.base import Reading
 from soclab.edge.publisher.config import load
 from soclab.edge.publisher.service import Publisher
-from soclab.edge.sim.steady import SteadyInstrument
 from soclab.edge.spool import Spool
 
 DB = "drain"

@@ -25,9 +25,9 @@ import paho.mqtt.client as mqtt
 from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 
-from soclab.cloud.localservices.influxdb import InfluxDB1
-from soclab.cloud.localservices.mosquitto import Mosquitto
-from soclab.cloud.localservices.v2shim import V2WriteShim
+from soclab.dev.localservices.influxdb import InfluxDB1
+from soclab.dev.localservices.mosquitto import Mosquitto
+from soclab.dev.localservices.v2shim import V2WriteShim
 
 T0 = 1_700_000_000_000_000_000
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from soclab.cloud.lab.cli import LabSettings, run_lab
-from soclab.cloud.localservices import InfluxDB1, Mosquitto, V2WriteShim
+from soclab.dev.lab.cli import LabSettings, run_lab
+from soclab.dev.localservices import InfluxDB1, Mosquitto, V2WriteShim
 
 DB = "stream"
 TICKS = os.sysconf("SC_CLK_TCK")

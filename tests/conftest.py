@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from soclab.cloud.bridge import Bridge, BridgeConfig, InfluxConfig, MqttConfig
-from soclab.cloud.localservices import InfluxDB1, Mosquitto, V2WriteShim
+from soclab.dev.localservices import InfluxDB1, Mosquitto, V2WriteShim
 
 WAIT_S = 15.0  # upper bound of every wait for something to arrive; passing tests take far less
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import pytest
 
-from soclab.cloud.lab.cli import LabSettings, run_lab
+from soclab.dev.lab.cli import LabSettings, run_lab
 
 # Samples per device to see before stopping; the MPPT publishes every 0.1 s here.
 ENOUGH = {"mppt": 60, "eload": 30, "labjack": 1500}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from soclab.cloud.lab.cli import LabSettings
+from soclab.dev.lab.cli import LabSettings
 
 EXAMPLE = Path(__file__).parents[1] / "cloud" / "soclab" / "cloud" / "lab" / "lab.example.toml"
 
@@ -46,7 +46,7 @@ def processes_mentioning(text: str) -> list[str]:
 def test_the_lab_runs_shows_stored_data_and_ctrl_c_leaves_nothing_behind(tmp_path):
     var = tmp_path / "var"
     lab = subprocess.Popen(
-        [sys.executable, "-m", "soclab.cloud.lab", "--var", str(var)],
+        [sys.executable, "-m", "soclab.dev.lab", "--var", str(var)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -28,7 +28,7 @@ import pytest
 from ansiblekit import REPO, Project, Run, snapshot_sources
 from bookworm import Target, TargetError
 
-from soclab.cloud.localservices import Mosquitto
+from soclab.dev.localservices import Mosquitto
 
 # A converge takes minutes (the debootstrap the first time, apt and pip from the network).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from soclab.cloud.bridge import BatchConfig, RetryConfig
-from soclab.cloud.localservices import Mosquitto
+from soclab.dev.localservices import Mosquitto
 from soclab.wire import DEADLETTER_SCHEMA, Topic, encode, validate
 
 T0 = 1_700_000_000_000_000_000

@@ -10,7 +10,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from soclab.cloud.localservices import InfluxDB1, LocalServiceError, Mosquitto
+from soclab.dev.localservices import InfluxDB1, LocalServiceError, Mosquitto
 
 WAIT_S = 15.0
 

@@ -14,8 +14,8 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from soclab.cloud.localservices import InfluxDB1, V2WriteShim
-from soclab.cloud.localservices.v2shim import v2_error
+from soclab.dev.localservices import InfluxDB1, V2WriteShim
+from soclab.dev.localservices.v2shim import v2_error
 
 InfluxTarget = Any  # tests/conftest.py
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import serial
 
+from soclab.dev.sim.battery import Battery, BatteryParams
+from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
 from soclab.edge.instruments.base import ConnectionLost, Reading
 from soclab.edge.instruments.ea_el3000 import telegram as tg
 from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver, NoAnswer
-from soclab.edge.instruments.ea_el3000.simulator import EaLoadSimulator
-from soclab.edge.sim.battery import Battery, BatteryParams
 
 
 def hx(text: str) -> bytes:

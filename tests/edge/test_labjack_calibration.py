@@ -8,10 +8,10 @@ import tomllib
 
 import pytest
 
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.instruments import labjack_t7 as standin
 from soclab.edge.instruments.labjack_t7 import ChannelSpec, Divider, LabJackDriver, LemCurrent, Raw
-from soclab.edge.instruments.labjack_t7 import ljm_standin as standin
 from soclab.edge.instruments.labjack_t7.calibration import calibration_from_config
-from soclab.edge.sim.battery import Battery
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.instruments import labjack_t7 as standin
 from soclab.edge.instruments.base import Reading
 from soclab.edge.instruments.labjack_t7 import (
     ChannelSpec,
@@ -21,8 +23,6 @@ from soclab.edge.instruments.labjack_t7 import (
     LemCurrent,
     LJMUnavailable,
 )
-from soclab.edge.instruments.labjack_t7 import ljm_standin as standin
-from soclab.edge.sim.battery import Battery
 
 DEADLINE_S = 20.0
 

@@ -14,10 +14,9 @@ import time
 
 import pytest
 
-from soclab.edge.instruments.labjack_t7 import ChannelSpec, Divider, LabJackDriver, LemCurrent
-from soclab.edge.instruments.labjack_t7 import ljm_standin as standin
-from soclab.edge.sim.battery import BatteryState
-from soclab.edge.sim.shared_battery import (
+from soclab.dev.sim.battery import BatteryState
+from soclab.dev.sim.instruments import labjack_t7 as standin
+from soclab.dev.sim.shared_battery import (
     SIZE,
     BatteryStateCorrupt,
     BatteryStateMissing,
@@ -26,6 +25,7 @@ from soclab.edge.sim.shared_battery import (
     BatteryStateWriter,
     interpolate,
 )
+from soclab.edge.instruments.labjack_t7 import ChannelSpec, Divider, LabJackDriver, LemCurrent
 
 DEADLINE_S = 20.0
 
@@ -136,8 +136,8 @@ def test_reader_follows_a_restarted_writer(tmp_path):
 # --- two processes --------------------------------------------------------------------------------
 HAMMER = r"""
 import sys, time
-from soclab.edge.sim.battery import BatteryState
-from soclab.edge.sim.shared_battery import BatteryStateWriter
+from soclab.dev.sim.battery import BatteryState
+from soclab.dev.sim.shared_battery import BatteryStateWriter
 w = BatteryStateWriter(sys.argv[1])
 n = 0
 end = time.monotonic() + float(sys.argv[2])
@@ -197,8 +197,8 @@ def test_reader_in_another_process_never_sees_a_torn_snapshot(tmp_path):
 
 LAB = r"""
 import sys, time
-from soclab.edge.sim.battery import Battery
-from soclab.edge.sim.shared_battery import BatteryStateWriter
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.shared_battery import BatteryStateWriter
 battery = Battery(soc=0.5)
 battery.set_current("load", -2.5)
 writer = BatteryStateWriter(sys.argv[1])

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import serial
 
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
 from soclab.edge.instruments import DRIVERS, UnknownKind, driver_class, kinds
 from soclab.edge.instruments.base import ConnectionLost, Reading
 from soclab.edge.instruments.libresolar_mppt import (
@@ -23,8 +25,6 @@ from soclab.edge.instruments.libresolar_mppt import (
     ThingSetError,
 )
 from soclab.edge.instruments.libresolar_mppt.fields import DIALECTS
-from soclab.edge.instruments.libresolar_mppt.simulator import MpptSimulator
-from soclab.edge.sim.battery import Battery
 
 PERIOD_S = 0.2
 WAIT_S = 15.0  # generous: a busy 2-core machine

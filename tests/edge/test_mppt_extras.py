@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
 from soclab.edge.instruments.base import Reading
 from soclab.edge.instruments.libresolar_mppt import MpptDriver
-from soclab.edge.instruments.libresolar_mppt.simulator import MpptSimulator
-from soclab.edge.sim.battery import Battery
 
 TEMPERATURES = ["int_degc", "mosfet_degc", "bat_degc"]
 

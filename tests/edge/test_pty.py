@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import serial
 
-from soclab.edge.sim.pty import PtyPort
+from soclab.dev.sim.pty import PtyPort
 
 
 def test_a_driver_can_reopen_an_8o1_port_as_often_as_it_likes(tmp_path):

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from soclab.edge.instruments.libresolar_mppt.simulator import MpptSimulator
-from soclab.edge.sim.battery import Battery
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
 
 CONFIG = """
 [source]

@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import pytest
 
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
+from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
 from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver
-from soclab.edge.instruments.ea_el3000.simulator import EaLoadSimulator
 from soclab.edge.instruments.libresolar_mppt.driver import MpptDriver
-from soclab.edge.instruments.libresolar_mppt.simulator import MpptSimulator
 from soclab.edge.publisher.config import load
 from soclab.edge.publisher.service import Publisher
-from soclab.edge.sim.battery import Battery
 
 WAIT_S = 20.0
 

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
+from soclab.dev.data import RECORDING
+from soclab.dev.sim.battery import Battery, BatteryParams
+from soclab.dev.sim.instruments import labjack_t7 as ljm_standin
+from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
+from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
+from soclab.dev.sim.lab import SimulatedLab
+from soclab.dev.sim.profiles import LAB_EVENING, Phase, ReplayProfile, ScriptedProfile
 from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver
-from soclab.edge.instruments.ea_el3000.simulator import EaLoadSimulator
-from soclab.edge.instruments.labjack_t7 import ljm_standin
 from soclab.edge.instruments.labjack_t7.driver import LabJackDriver
 from soclab.edge.instruments.libresolar_mppt.driver import MpptDriver
-from soclab.edge.instruments.libresolar_mppt.simulator import MpptSimulator
-from soclab.edge.sim.battery import Battery, BatteryParams
-from soclab.edge.sim.lab import SimulatedLab
-from soclab.edge.sim.profiles import LAB_EVENING, Phase, ReplayProfile, ScriptedProfile
-
-RECORDING = Path(__file__).parents[3] / "shared/data/lab-2021-05-28/grafana-export-2021-05-28.csv"
 
 
 def test_coulomb_counting_and_voltage_follow_the_current():
@@ -60,7 +58,6 @@ def test_the_scripted_profile_repeats():
     assert LAB_EVENING.duration_s == 1200
 
 
-@pytest.mark.skipif(not RECORDING.exists(), reason="the lab's recording is beside the project, in shared/")
 def test_the_replay_follows_the_recording_sorted_by_time():
     profile = ReplayProfile.from_csv(RECORDING)
     assert list(profile.times_s) == sorted(profile.times_s)

@@ -12,7 +12,7 @@ import contextlib
 import socket
 import threading
 
-from soclab.cloud.localservices.ports import LOOPBACK
+from soclab.dev.localservices.ports import LOOPBACK
 
 
 class TcpProxy:

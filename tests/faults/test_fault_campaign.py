@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from proxy import TcpProxy
 
-from soclab.cloud.lab.cli import LabSettings, run_lab
-from soclab.cloud.localservices import InfluxDB1, Mosquitto, V2WriteShim
+from soclab.dev.lab.cli import LabSettings, run_lab
+from soclab.dev.localservices import InfluxDB1, Mosquitto, V2WriteShim
 
 DEVICES = ("mppt", "eload", "labjack")  # device name = kind in the lab
 RECOVERY_LIMIT_S = 120.0

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
+from soclab.dev.sim.steady import SteadyInstrument
 from soclab.edge.instruments.base import Reading
 from soclab.edge.publisher.config import PublisherConfig, SourceConfig, load
 from soclab.edge.publisher.service import Publisher
-from soclab.edge.sim.steady import SteadyInstrument
 from soclab.edge.spool import Spool
 
 HOUR_AT_100_HZ = 360_000

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from serverkit import BRIDGE, DEVICES, MOSQUITTO_CONFIG, MOSQUITTO_PASSWD, Account, TlsClient, make_certs
 
-from soclab.cloud.localservices import Mosquitto
+from soclab.dev.localservices import Mosquitto
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from soclab.cloud.localservices import Mosquitto
+from soclab.dev.localservices import Mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
 MOSQUITTO_CONFIG = REPO / "compose" / "mosquitto" / "config"

@@ -11,7 +11,7 @@ import paho.mqtt.client as mqtt
 
 from soclab.cloud.bridge import healthcheck
 from soclab.cloud.bridge.sink import InfluxSink
-from soclab.cloud.localservices import Mosquitto
+from soclab.dev.localservices import Mosquitto
 
 InfluxTarget = Any  # tests/conftest.py
 WAIT_S = 15.0

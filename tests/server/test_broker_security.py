@@ -21,8 +21,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from serverkit import BRIDGE, DEVICES, MOSQUITTO_CONFIG, QUIET_S, Account, TlsClient, connack, make_certs
 
-from soclab.cloud.localservices import Mosquitto
-from soclab.cloud.localservices.mosquitto import CONTAINER_FOLDERS, project_config
+from soclab.dev.localservices import Mosquitto
+from soclab.dev.localservices.mosquitto import CONTAINER_FOLDERS, project_config
 
 MPPT, ELOAD = DEVICES
 

@@ -2,8 +2,8 @@
 
 The database is filled through the whole pipeline, once for the module:
 
-- the lab's recording (shared/data/lab-2021-05-28: LabJack voltage and current, MPPT Bat_A and
-  Bat_V, EA Bat_V) replayed by ``soclab.edge.replay`` as node ``pi-rec`` (10 samples a
+- the lab's recording (soclab.dev.data.RECORDING: LabJack voltage and current, MPPT Bat_A and
+  Bat_V, EA Bat_V) replayed by ``soclab.tools.replay`` as node ``pi-rec`` (10 samples a
   message, to keep the test short) -> Mosquitto -> the bridge -> InfluxDB;
 - what the recording does not have (the MPPT's SoC, load and charger state, the Ah counters, the
   temperatures the MPPT driver asks for beside its publication, the e-load's current, the
@@ -31,14 +31,14 @@ import pytest
 import yaml
 from grafana_macros import render
 
-from soclab.cloud.lab.cli import LabSettings, run_lab
-from soclab.cloud.localservices import InfluxDB1, Mosquitto, V2WriteShim
-from soclab.edge import replay
+from soclab.dev.data import RECORDING
+from soclab.dev.lab.cli import LabSettings, run_lab
+from soclab.dev.localservices import InfluxDB1, Mosquitto, V2WriteShim
 from soclab.edge.instruments.libresolar_mppt.fields import FIELDS
+from soclab.tools import replay
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "cloud" / "soclab" / "cloud" / "grafana"
-RECORDING = REPO.parent / "shared" / "data" / "lab-2021-05-28" / "grafana-export-2021-05-28.csv"
 DATASOURCE_UID = "soclab-influxdb"
 WAIT_S = 60.0
 SITE = "lab-dash"
@@ -256,5 +256,5 @@ def test_every_replayed_sample_is_counted_by_the_health_board(filled: Filled) ->
 
 def test_the_lab_asks_the_mppt_for_the_temperatures_of_the_panel() -> None:
     assert all(FIELDS[name].unit == "degC" for name in TEMPERATURES)
-    config = tomllib.loads((REPO / "cloud/soclab/cloud/lab/publishers/mppt.toml").read_text())
+    config = tomllib.loads((REPO / "dev/soclab/dev/lab/publishers/mppt.toml").read_text())
     assert sorted(config["instrument"]["extra_fields"]) == sorted(TEMPERATURES)

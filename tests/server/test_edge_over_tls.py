@@ -10,9 +10,9 @@ import time
 from serverkit import BRIDGE
 
 from soclab.cloud.bridge import Bridge, BridgeConfig, InfluxConfig, MqttConfig
+from soclab.dev.sim.steady import SteadyInstrument
 from soclab.edge.publisher.config import load
 from soclab.edge.publisher.service import Publisher
-from soclab.edge.sim.steady import SteadyInstrument
 
 
 def test_device_to_database_over_tls_with_acl(tmp_path, secure_broker, accounts, influxdb):

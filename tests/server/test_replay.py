@@ -1,4 +1,4 @@
-"""soclab.edge.replay: the lab's recording read as it is, published as valid data messages."""
+"""soclab.tools.replay: the lab's recording read as it is, published as valid data messages."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-from soclab.cloud.localservices import Mosquitto
-from soclab.edge import replay
+from soclab.dev.data import RECORDING
+from soclab.dev.localservices import Mosquitto
+from soclab.tools import replay
 from soclab.wire import validate
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-RECORDING = SHARED / "data" / "lab-2021-05-28" / "grafana-export-2021-05-28.csv"
 HEADER = (
     '\ufeff"Time","Bat_voltage {device=""470023670"", name=""V""}",'
     '"Bat_current {device=""470023670"", name=""V""}",'

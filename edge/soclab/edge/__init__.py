@@ -1,1 +1,1 @@
-"""soclab on the edge node (the lab's Raspberry Pi): instrument drivers, simulators, the publisher."""
+"""soclab on the edge node (the lab's Raspberry Pi): instrument drivers, the publisher, the spool."""

@@ -6,7 +6,8 @@ Backends (python-can's table, imported only when asked for):
   native ``libLabJackM.so``, which comes from LabJack's installer, not from PyPI. Without it the
   wrapper still imports (it prints a complaint to stdout and keeps a null library), and its first
   call fails with an AttributeError; both become ``LJMUnavailable`` here.
-* ``standin``: ``ljm_standin``, the same calls over the simulated battery.
+* ``standin``: ``soclab.dev.sim.instruments.labjack_t7`` (development only), the same calls over
+  the simulated battery.
 
 LJM errors are sorted into three kinds: the device went away (``ConnectionLost``: the base
 reopens), the stream stopped (``StreamLost``, a ConnectionLost: reopening restarts it), anything
@@ -112,9 +113,13 @@ _STREAM = frozenset(
 def load_backend(name: str) -> LJMBackend:
     """Import the backend called ``name``; the real one only now, with a typed error if unusable."""
     if name == "standin":
-        from soclab.edge.instruments.labjack_t7 import ljm_standin
-
-        return ljm_standin  # type: ignore[return-value]
+        try:
+            ljm_standin = importlib.import_module("soclab.dev.sim.instruments.labjack_t7")
+        except ImportError as exc:
+            raise LJMUnavailable(
+                "the LJM stand-in is development tooling (soclab-dev), not installed here"
+            ) from exc
+        return ljm_standin  # type: ignore[no-any-return]
     if name != "ljm":
         raise ValueError(f"unknown LabJack backend {name!r}; known: {', '.join(BACKENDS)}")
     said = io.StringIO()

@@ -201,7 +201,7 @@ class LabJackDriver(Instrument):
 
         Keys are the keyword arguments above; ``[instrument.channels.<field>]`` tables give the
         channels (``ChannelSpec.from_config``); with ``backend = "standin"``, an optional
-        ``[instrument.standin]`` table wires the stand-in (``ljm_standin.configure_from_config``).
+        ``[instrument.standin]`` table wires the stand-in (its ``configure_from_config``).
         Numbers may come as strings (``SOCLAB_INSTRUMENT_*`` environment overrides).
         """
         options = dict(table)
@@ -239,9 +239,7 @@ class LabJackDriver(Instrument):
         if standin is not None:
             if options.get("backend") != "standin":
                 raise ValueError("[instrument.standin] is only for backend = 'standin'")
-            from soclab.edge.instruments.labjack_t7 import ljm_standin
-
-            ljm_standin.configure_from_config(standin)
+            load_backend("standin").configure_from_config(standin)  # type: ignore[attr-defined]
         return cls(channels, **options)
 
     def identity(self) -> dict[str, str | float | int | bool | None]:

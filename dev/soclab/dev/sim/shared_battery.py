@@ -32,7 +32,7 @@ import zlib
 from dataclasses import fields
 from pathlib import Path
 
-from soclab.edge.sim.battery import BatteryState
+from soclab.dev.sim.battery import BatteryState
 
 MAGIC = b"SOCLBAT1"
 LAYOUT_VERSION = 1

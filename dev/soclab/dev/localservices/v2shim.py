@@ -22,7 +22,7 @@ later ship the same translation natively, and the shim follows their conventions
 
 What it cannot show: InfluxDB 2's own behaviour (tokens, buckets, its limits). Run it as a thread
 (``V2WriteShim``, used by the tests) or as a process
-(``python -m soclab.cloud.localservices.v2shim --upstream http://127.0.0.1:8086 --port 8087``).
+(``python -m soclab.dev.localservices.v2shim --upstream http://127.0.0.1:8086 --port 8087``).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import urllib3
 
-from soclab.cloud.localservices.ports import LOOPBACK, free_port
+from soclab.dev.localservices.ports import LOOPBACK, free_port
 
-log = logging.getLogger("soclab.cloud.localservices.v2shim")
+log = logging.getLogger("soclab.dev.localservices.v2shim")
 
 PRECISIONS = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
 MAX_BODY_BYTES = 64 * 1024 * 1024

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soclab.edge.sim.battery import Battery
-from soclab.edge.sim.profiles import Profile
-from soclab.edge.sim.simulator import WireSimulator
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.profiles import Profile
+from soclab.dev.sim.simulator import WireSimulator
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class SimulatedLab:
         self.tick_s = tick_s
         self._state_writer: Any = None
         if state_file is not None:
-            from soclab.edge.sim.shared_battery import BatteryStateWriter
+            from soclab.dev.sim.shared_battery import BatteryStateWriter
 
             self._state_writer = BatteryStateWriter(state_file)
         self._stop = threading.Event()

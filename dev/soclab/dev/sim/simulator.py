@@ -1,6 +1,6 @@
 """What every wire-level instrument simulator is: a thread serving a PtyPort, watching one battery.
 
-The battery's clock is advanced by whoever owns it (``soclab.edge.sim.lab``), never by a
+The battery's clock is advanced by whoever owns it (``soclab.dev.sim.lab``), never by a
 simulator; a simulator reads ``battery.state()`` and drives its own current source with
 ``battery.set_current(self.name, amps)``.
 """
@@ -13,8 +13,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from soclab.edge.sim.battery import Battery
-from soclab.edge.sim.pty import PtyPort
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.pty import PtyPort
 
 log = logging.getLogger(__name__)
 

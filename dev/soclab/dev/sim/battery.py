@@ -4,7 +4,7 @@ Thevenin model with two RC pairs: ``v = ocv(soc) + i*r0 + v1 + v2`` with
 ``dv_k/dt = -v_k/(r_k*c_k) + i/c_k`` and coulomb counting ``dsoc/dt = i/(3600*capacity_ah)``.
 Current is positive when charging. Several sources drive it at once (the MPPT's charger, the
 electronic load, the MPPT's load output); the net current is their sum. The defaults resemble the
-lab's 12 V lead-acid battery in ../shared/data (rest 12.8 V full, about 12.2 V under 3 A near
+lab's 12 V lead-acid battery in soclab.dev.data.RECORDING (rest 12.8 V full, about 12.2 V under 3 A near
 empty, 14.4 V at the end of a 4 A charge).
 """
 

@@ -13,13 +13,14 @@ import sys
 import threading
 from pathlib import Path
 
-from soclab.edge.sim.battery import Battery
-from soclab.edge.sim.lab import SimulatedLab
-from soclab.edge.sim.profiles import LAB_EVENING, Profile, ReplayProfile
-from soclab.edge.sim.simulator import WireSimulator
+from soclab.dev.data import RECORDING
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.lab import SimulatedLab
+from soclab.dev.sim.profiles import LAB_EVENING, Profile, ReplayProfile
+from soclab.dev.sim.simulator import WireSimulator
 from soclab.wire import logs
 
-log = logging.getLogger("soclab.edge.sim")
+log = logging.getLogger("soclab.dev.sim")
 
 
 def _profile(spec: str, speed: float) -> Profile | None:
@@ -28,8 +29,9 @@ def _profile(spec: str, speed: float) -> Profile | None:
     if spec == "lab-evening":
         return LAB_EVENING
     if spec.startswith("replay:"):
-        return ReplayProfile.from_csv(spec.removeprefix("replay:"), speed=speed)
-    raise ValueError(f"unknown profile {spec!r}: lab-evening, replay:<grafana csv>, none")
+        source = spec.removeprefix("replay:")
+        return ReplayProfile.from_csv(RECORDING if source == "recording" else source, speed=speed)
+    raise ValueError(f"unknown profile {spec!r}: lab-evening, replay:recording, replay:<grafana csv>, none")
 
 
 def _simulators(names: list[str], battery: Battery, dev_dir: Path, args: argparse.Namespace) -> dict:
@@ -37,11 +39,11 @@ def _simulators(names: list[str], battery: Battery, dev_dir: Path, args: argpars
     for name in names:
         link = dev_dir / name
         if name == "mppt":
-            from soclab.edge.instruments.libresolar_mppt.simulator import MpptSimulator
+            from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
 
             sims[name] = MpptSimulator(battery, link, dialect=args.mppt_dialect, period_s=args.mppt_period)
         elif name == "eload":
-            from soclab.edge.instruments.ea_el3000.simulator import EaLoadSimulator
+            from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
 
             sims[name] = EaLoadSimulator(battery, link)
         else:
@@ -55,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instruments", default="mppt,eload", help="comma-separated: mppt, eload")
     parser.add_argument("--mppt-dialect", default="v21", help="v21, v0.4 or v0.5")
     parser.add_argument("--mppt-period", type=float, default=1.0, help="seconds between publications")
-    parser.add_argument("--profile", default="lab-evening", help="lab-evening, replay:<csv>, none")
+    parser.add_argument(
+        "--profile",
+        default="lab-evening",
+        help="lab-evening, replay:recording (the lab's 2021 evening), replay:<csv>, none",
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed (replay profile)")
     parser.add_argument("--soc", type=float, default=0.6, help="initial state of charge, 0..1")
     parser.add_argument("--state-file", type=Path, help="share the battery with the LabJack stand-in")

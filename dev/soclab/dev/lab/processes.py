@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from soclab.cloud.localservices.process import die_with_parent
+from soclab.dev.localservices.process import die_with_parent
 
 log = logging.getLogger(__name__)
 

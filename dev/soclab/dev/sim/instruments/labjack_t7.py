@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soclab.edge.sim.battery import Battery
-from soclab.edge.sim.shared_battery import BatteryStateReader, SharedBatteryError
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.shared_battery import BatteryStateReader, SharedBatteryError
 
 CORE_CLOCK_HZ = 80_000_000
 MAX_SAMPLE_RATE = 100_000  # T7 stream, all channels together, samples/s
@@ -351,7 +351,7 @@ def _wiring() -> Wiring:
     if _dev.wiring is None:
         raise LJMError(
             errorcodes.UNKNOWN_ERROR,
-            errorString="ljm_standin is not configured: call ljm_standin.configure(battery=...) first",
+            errorString="the LJM stand-in is not configured: call configure(battery=...) first",
         )
     return _dev.wiring
 

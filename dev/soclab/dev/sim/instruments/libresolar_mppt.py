@@ -10,7 +10,7 @@ The battery: the charger is a current source ``mppt_charger`` that the lab sets 
 ``set_solar_charge(amps)`` (what the sun offers), limited to the charge current setting and, like
 a real controller's CV phase, reduced so the battery stays at the charge voltage (14.4 V). The
 load output is a source ``mppt_load`` of ``-load_a`` while LoadEn is on. ``bat_a`` is the battery's
-net current, e-load included: in the lab's recording (../shared/data) the controller's Bat_A
+net current, e-load included: in the lab's recording (soclab.dev.data) the controller's Bat_A
 follows the LabJack's reference during the e-load's discharges, so its shunt sees all of it.
 
 Simplifications, chosen here: solar voltage is a fixed MPP voltage while charging (0 V without
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.simulator import WireSimulator
 from soclab.edge.instruments.libresolar_mppt import codec
 from soclab.edge.instruments.libresolar_mppt.codec import NO_PAYLOAD, Status
 from soclab.edge.instruments.libresolar_mppt.fields import DIALECTS, FIELDS, Dialect
-from soclab.edge.sim.battery import Battery
-from soclab.edge.sim.simulator import WireSimulator
 
 log = logging.getLogger(__name__)
 

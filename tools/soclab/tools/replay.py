@@ -1,6 +1,6 @@
-"""``python -m soclab.edge.replay``: publish a recorded session as ``soclab.data/1`` messages.
+"""``soclab replay``: publish a recorded session as ``soclab.data/1`` messages.
 
-The recording is a Grafana CSV export ("series to columns"), as in ``shared/data/lab-2021-05-28``:
+The recording is a Grafana CSV export ("series to columns"), as in ``soclab.dev``'s ``data/lab-2021-05-28``:
 a ``Time`` column in epoch milliseconds and one column per series, named like
 ``Bat_V {device="mppt-1210-hus", name="V"}``; an empty cell means no sample at that time; rows
 need not be sorted. ``COLUMNS`` says which soclab device and field each series becomes (the
@@ -228,7 +228,7 @@ def connect(args: argparse.Namespace) -> mqtt.Client:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m soclab.edge.replay",
+        prog="soclab replay",
         description=__doc__,
         formatter_class=argparse.RawTextHelpFormatter,
     )

@@ -1,7 +1,7 @@
 """``make lab``: the whole pipeline on this machine, with a live view; Ctrl-C stops all of it.
 
 By default everything is local and simulated: a Mosquitto and an InfluxDB 1.6.7 (with the v2
-write shim in front, see ``soclab.cloud.localservices.v2shim``) with their data under
+write shim in front, see ``soclab.dev.localservices.v2shim``) with their data under
 ``var/lab/``, the simulated lab (battery + instruments on pseudo-terminals), one publisher per
 instrument and the bridge. A settings file (``--config``, see ``lab.example.toml``) points it at
 real instruments, a real broker or a real InfluxDB 2 instead.
@@ -25,14 +25,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from soclab.cloud.lab.processes import Children
-from soclab.cloud.lab.view import LiveView
-from soclab.cloud.localservices.influxdb import InfluxDB1
-from soclab.cloud.localservices.mosquitto import Mosquitto
-from soclab.cloud.localservices.v2shim import V2WriteShim
+from soclab.dev.lab.processes import Children
+from soclab.dev.lab.view import LiveView
+from soclab.dev.localservices.influxdb import InfluxDB1
+from soclab.dev.localservices.mosquitto import Mosquitto
+from soclab.dev.localservices.v2shim import V2WriteShim
 from soclab.wire import logs
 
-log = logging.getLogger("soclab.cloud.lab")
+log = logging.getLogger("soclab.dev.lab")
 
 INSTRUMENTS = ("mppt", "eload", "labjack")
 LOCAL_DB = "soclab"
@@ -196,7 +196,7 @@ def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, e
     sim = settings.simulation
     args = [
         "-m",
-        "soclab.edge.sim",
+        "soclab.dev.sim",
         "--dev-dir",
         str(var / "dev"),
         "--instruments",
@@ -227,7 +227,7 @@ def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, e
 def _start_publisher(
     name: str, table: dict[str, Any], var: Path, children: Children, env: dict[str, str]
 ) -> None:
-    config = table.get("config") or files("soclab.cloud.lab") / "publishers" / f"{name}.toml"
+    config = table.get("config") or files("soclab.dev.lab") / "publishers" / f"{name}.toml"
     extra = dict(env)
     if table.get("config"):
         pass  # the lab engineer's own publisher configuration, as it is (site, node, broker aside)

@@ -23,9 +23,9 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
+from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.simulator import WireSimulator
 from soclab.edge.instruments.ea_el3000 import telegram as tg
-from soclab.edge.sim.battery import Battery
-from soclab.edge.sim.simulator import WireSimulator
 
 log = logging.getLogger(__name__)
 

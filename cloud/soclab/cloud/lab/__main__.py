@@ -1,5 +1,0 @@
-import sys
-
-from soclab.cloud.lab.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from soclab.dev.lab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from soclab.dev.sim.cli import main
+
+sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from soclab.edge.sim.cli import main
-
-sys.exit(main())

@@ -1,0 +1,1 @@
+"""soclab on the operator's machine: the ``soclab`` command and the functions behind it."""

@@ -1,0 +1,37 @@
+"""``soclab <command> ...``: the operator's command. Each command lives in its own module and is
+imported only when asked for, so that a quick command never pays for a heavy library."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+# command -> (module with ``main(argv) -> int``, one line of help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "replay": ("soclab.tools.replay", "publish a recorded session (Grafana CSV) through the pipeline"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"soclab: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    command: Callable[[list[str]], int] = module.main
+    return command(rest)
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items()]
+    return "usage: soclab <command> [options]   (soclab <command> --help)\n\ncommands:\n" + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
