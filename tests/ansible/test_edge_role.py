@@ -311,7 +311,7 @@ def test_the_publisher_accepts_its_configuration_as_the_service_user(converged: 
         "        driver_class(cfg.source.kind).from_config(cfg.instrument)\n"
         "    except LJMUnavailable:\n"
         "        pass  # the settings were checked; LJM's native library is not installed here\n"
-        "    print(device, cfg.topic, cfg.spool_path, cfg.spool.max_samples, cfg.mqtt.password())\n"
+        "    print(device, cfg.topic, cfg.spool_path, cfg.spool.max_samples, cfg.mqtt.password)\n"
     )
     devices = [i["device"] for i in INSTRUMENTS]
     result = converged.target.run(

@@ -63,6 +63,8 @@ INFLUX = '[influx]\nurl = "http://x:8086"\norg = "o"\nbucket = "b"\n'
         (INFLUX + "[bridge]\nsite = 'Lab 1'", TOKEN, "[bridge] site 'Lab 1' must be '+' or match"),
         (INFLUX + "[batch]\npoints = 0", TOKEN, "[batch] points must be positive"),
         (INFLUX + "[nope]", TOKEN, "unknown section(s) ['nope']"),
+        (INFLUX + '[mqtt]\nusername = "u"\npassword_file = "/nonexistent"', TOKEN, "No such file"),
+        (INFLUX + 'token_file = "/x"', TOKEN, "both set"),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:

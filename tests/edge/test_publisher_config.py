@@ -37,11 +37,33 @@ def test_file_then_environment(tmp_path):
     assert config.instrument == {"port": "/dev/soclab-mppt"}
 
 
-def test_password_only_from_environment(tmp_path):
-    config = load(write(tmp_path, TOML), env={"SOCLAB_MQTT_PASSWORD": "from-env"})
-    assert config.mqtt.password() is None  # load() does not read os.environ when env is given
-    with pytest.raises(ConfigError, match="no setting 'password'"):
+def test_password_from_environment_or_file_never_from_the_toml(tmp_path):
+    with_user = TOML + 'username = "lab1/pi-01/mppt"\n'
+    config = load(write(tmp_path, with_user), env={"SOCLAB_MQTT_PASSWORD": "from-env"})
+    assert config.mqtt.password == "from-env"
+    assert "from-env" not in repr(config)
+    (tmp_path / "pw").write_text("from-file\n")
+    config = load(write(tmp_path, with_user + f'password_file = "{tmp_path / "pw"}"\n'), env={})
+    assert config.mqtt.password == "from-file"
+    with pytest.raises(ConfigError, match="secrets are not read from the config file"):
         load(write(tmp_path, TOML + 'password = "x"\n'), env={})
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "message"),
+    [
+        ('password_file = "{missing}"\n', {}, "password_file '.*missing': No such file"),
+        ('password_file = "{pw}"\n', {"SOCLAB_MQTT_PASSWORD": "x"}, "both set: set only one"),
+        ('password_file = "{empty}"\n', {}, "is empty"),
+    ],
+)
+def test_password_mistakes_are_configuration_errors(tmp_path, extra, env, message):
+    (tmp_path / "pw").write_text("secret")
+    (tmp_path / "empty").write_text("\n")
+    paths = {name: tmp_path / name for name in ("missing", "pw", "empty")}
+    text = TOML + 'username = "u"\n' + extra.format(**paths)
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, text), env=env)
 
 
 @pytest.mark.parametrize(

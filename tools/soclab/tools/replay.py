@@ -20,10 +20,8 @@ import argparse
 import csv
 import heapq
 import re
-import ssl
 import sys
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from soclab.tools.connection import add_mqtt_arguments, connect, mqtt_settings
 from soclab.wire import DATA_SCHEMA, Topic, encode
 
 Value = float | bool
@@ -200,30 +199,9 @@ def publish(
     return count
 
 
-def connect(args: argparse.Namespace) -> mqtt.Client:
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"soclab-replay-{uuid.uuid4().hex[:12]}",
-        protocol=mqtt.MQTTv311,
-    )
-    if args.username:
-        password = (
-            Path(args.password_file).read_text(encoding="utf-8").strip() if args.password_file else None
-        )
-        client.username_pw_set(args.username, password)
-    if args.tls_ca:
-        client.tls_set(
-            ca_certs=args.tls_ca,
-            certfile=args.tls_cert,
-            keyfile=args.tls_key,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+def _window(client: mqtt.Client) -> None:
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
-    client.connect(args.host, args.port, keepalive=30)
-    client.loop_start()
-    return client
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,13 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("csv", type=Path, help="Grafana CSV export")
     parser.add_argument("--site", required=True)
     parser.add_argument("--node", required=True)
-    parser.add_argument("--host", default="localhost")
-    parser.add_argument("--port", type=int, default=1883)
-    parser.add_argument("--username")
-    parser.add_argument("--password-file", help="file holding the MQTT password")
-    parser.add_argument("--tls-ca", help="CA file: enables TLS")
-    parser.add_argument("--tls-cert")
-    parser.add_argument("--tls-key")
+    add_mqtt_arguments(parser)
     parser.add_argument("--samples-per-message", type=int, default=1)
     parser.add_argument("--seq-start", type=int, default=0)
     parser.add_argument("--speed", type=float, default=0.0, help="0: as fast as possible; 1: real time")
@@ -258,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             samples_per_message=args.samples_per_message,
             seq_start=args.seq_start,
         )
-        client = connect(args)
-    except (OSError, ValueError) as exc:
+        client = connect(mqtt_settings(args), "replay", setup=_window)
+    except (OSError, ValueError) as exc:  # ConfigError and ConnectionError among them
         print(f"replay: {exc}", file=sys.stderr)
         return 2
     try:

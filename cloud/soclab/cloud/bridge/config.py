@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from soclab.wire.mqtt import MqttSettings
 from soclab.wire.settings import ConfigError, check_type, parse, read_toml, section
 
 __all__ = ["BridgeConfig", "ConfigError", "load"]
@@ -23,19 +24,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 @dataclass(frozen=True)
-class MqttConfig:
-    host: str = "localhost"
-    port: int = 1883
-    client_id: str = ""  # default: soclab-bridge-<bridge id>; fixed, so the broker keeps the session
-    username: str = ""
-    password: str = field(default="", repr=False)  # SOCLAB_BRIDGE_MQTT_PASSWORD or password_file
-    password_file: str = ""
-    tls_ca: str = ""  # CA file: enables TLS
-    tls_cert: str = ""  # client certificate (optional)
-    tls_key: str = ""
-    keepalive_s: int = 30
-    reconnect_min_s: int = 1
-    reconnect_max_s: int = 30
+class MqttConfig(MqttSettings):
+    """``client_id`` defaults to ``soclab-bridge-<bridge id>``: fixed, so the broker keeps the session."""
+
     # Messages received but not yet written or dead-lettered. The broker's max_inflight_messages
     # for this client is the real window (Mosquitto sends no more unacknowledged messages); this
     # is the safety net if the broker allows more: the bridge then stops reading from the socket.
@@ -95,6 +86,7 @@ class BridgeConfig:
             raise ConfigError("InfluxDB token missing: set SOCLAB_BRIDGE_INFLUX_TOKEN or [influx] token_file")
         if self.mqtt.password and not self.mqtt.username:
             raise ConfigError("an MQTT password without [mqtt] username")
+        self.mqtt.check()
         positive = {
             "[batch] points": self.batch.points,
             "[batch] ms": self.batch.ms,
@@ -123,7 +115,7 @@ _TOP_LEVEL = {
     "shutdown_timeout_s": float,
     "log_level": str,
 }
-_SECRETS = {("mqtt", "password"): "password_file", ("influx", "token"): "token_file"}
+_SECRETS = {("mqtt", "password"): "password_file", ("influx", "token"): "token_file"}  # refused in the file
 _ENV = "SOCLAB_BRIDGE_"
 
 
@@ -140,7 +132,7 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> B
         name: section(name, cls, raw.get(name, {}), env, _ENV, refused=_refused(name))
         for name, cls in _SECTIONS.items()
     }
-    sections["mqtt"] = replace(sections["mqtt"], password=_secret(env, "mqtt", "password", sections["mqtt"]))
+    sections["mqtt"] = sections["mqtt"].with_password(env, f"{_ENV}MQTT_PASSWORD")
     sections["influx"] = replace(
         sections["influx"], token=_secret(env, "influx", "token", sections["influx"])
     )
@@ -173,9 +165,12 @@ def _refused(name: str) -> dict[str, str]:
 
 
 def _secret(env: dict[str, str], section: str, key: str, config: Any) -> str:
-    value = env.get(f"{_ENV}{section.upper()}_{key.upper()}", "")
+    variable = f"{_ENV}{section.upper()}_{key.upper()}"
+    value = env.get(variable, "")
     file_name = getattr(config, _SECRETS[section, key])
-    if not value and file_name:
+    if value and file_name:
+        raise ConfigError(f"{variable} and [{section}] {_SECRETS[section, key]} are both set: set only one")
+    if file_name:
         try:
             value = Path(file_name).read_text(encoding="utf-8").strip()
         except OSError as exc:

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 
 from soclab.cloud.bridge import config as config_module
 from soclab.cloud.bridge.config import BridgeConfig
-from soclab.wire.mqtt import secure
+from soclab.wire.mqtt import make_client
 
 
 def check(config: BridgeConfig, *, timeout_s: float = 5.0, slack_s: float = 5.0) -> str | None:
@@ -66,12 +66,7 @@ def judge(payload: bytes, max_age_s: float, now_ns: int) -> str | None:
 
 
 def _client(config: BridgeConfig, statuses: queue.Queue[Any], topic: str) -> mqtt.Client:
-    m = config.mqtt
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"{config.client_id}-health", protocol=mqtt.MQTTv311
-    )
-    secure(client, username=m.username, password=m.password, tls_ca=m.tls_ca,
-           tls_cert=m.tls_cert, tls_key=m.tls_key)  # fmt: skip
+    client = make_client(config.mqtt, f"{config.client_id}-health")
 
     def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

@@ -66,7 +66,7 @@ from soclab.cloud.bridge.intake import Intake, Rejected, dead_letter, merge_rang
 from soclab.cloud.bridge.sink import InfluxSink, WriteFailed, WriteRejected
 from soclab.cloud.bridge.telemetry import Telemetry, status_lines
 from soclab.wire import STORED_SCHEMA, Topic, encode
-from soclab.wire.mqtt import secure
+from soclab.wire.mqtt import Will, make_client
 
 log = logging.getLogger("soclab.cloud.bridge")
 _PAHO_LOG = logging.getLogger("soclab.cloud.bridge.paho")
@@ -247,19 +247,11 @@ class Bridge:
     # --- MQTT (paho's network thread) ---------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        m = self.config.mqtt
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.config.client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
+        will = Will(self.status_topic, self._status_payload("offline", "connection-lost"))
+        client = make_client(
+            self.config.mqtt, self.config.client_id, clean_session=False, manual_ack=True, will=will
         )
         client.enable_logger(_PAHO_LOG)
-        secure(client, username=m.username, password=m.password, tls_ca=m.tls_ca,
-               tls_cert=m.tls_cert, tls_key=m.tls_key)  # fmt: skip
-        client.will_set(self.status_topic, self._status_payload("offline", "connection-lost"), 1, True)
-        client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)
         client.max_inflight_messages_set(100)  # our own publishes: dead letters and status
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect

@@ -1,8 +1,8 @@
 """The publisher's settings: a TOML file, then environment variables over it.
 
 Every setting ``[section] key`` can be overridden by ``SOCLAB_<SECTION>_<KEY>`` (upper case),
-e.g. ``SOCLAB_MQTT_HOST``. Secrets come only from the environment (``SOCLAB_MQTT_PASSWORD``) or
-from a file named by the configuration (``password_file``), never from the TOML itself.
+e.g. ``SOCLAB_MQTT_HOST``. The MQTT password comes only from ``SOCLAB_MQTT_PASSWORD`` or from the
+file ``password_file`` names, never from the TOML itself (``soclab.wire.mqtt``).
 The ``[instrument]`` table is handed to the driver as it is (see each driver's ``from_config``).
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from soclab.wire import Topic, TopicError
+from soclab.wire.mqtt import MqttSettings
 from soclab.wire.settings import ConfigError, read_toml, section
 
 __all__ = ["ConfigError", "PublisherConfig", "load"]
@@ -28,25 +29,11 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
-class MqttConfig:
-    host: str = "localhost"
-    port: int = 1883
-    client_id: str = ""  # default: soclab-<site>-<node>-<device>
-    username: str = ""
-    password_file: str = ""  # or SOCLAB_MQTT_PASSWORD
-    tls_ca: str = ""  # CA file: enables TLS
-    tls_cert: str = ""  # client certificate (optional)
-    tls_key: str = ""
-    keepalive_s: int = 30
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
+class MqttConfig(MqttSettings):
+    """``client_id`` defaults to ``soclab-<site>-<node>-<device>``."""
+
     max_inflight: int = 20  # messages awaiting PUBACK
     resend_grace_s: float = 10.0  # see publisher.ledger: when an unconfirmed batch counts as lost
-
-    def password(self) -> str | None:
-        if self.password_file:
-            return Path(self.password_file).read_text(encoding="utf-8").strip()
-        return os.environ.get("SOCLAB_MQTT_PASSWORD") or None
 
 
 @dataclass(frozen=True)
@@ -100,6 +87,12 @@ _SECTIONS = {
 }
 
 
+_REFUSED = {
+    "mqtt": {"password": "secrets are not read from the config file; set SOCLAB_MQTT_PASSWORD or "
+             "[mqtt] password_file"}
+}  # fmt: skip
+
+
 def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> PublisherConfig:
     """Read the TOML file (if any), apply ``SOCLAB_*`` variables, check everything."""
     env = dict(os.environ if env is None else env)
@@ -108,8 +101,11 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}, instrument")
     sections = {
-        name: section(name, cls, raw.get(name, {}), env, "SOCLAB_") for name, cls in _SECTIONS.items()
+        name: section(name, cls, raw.get(name, {}), env, "SOCLAB_", refused=_REFUSED.get(name))
+        for name, cls in _SECTIONS.items()
     }
+    sections["mqtt"] = sections["mqtt"].with_password(env, "SOCLAB_MQTT_PASSWORD")
+    sections["mqtt"].check()
     instrument = _instrument(raw.get("instrument", {}), env)
     config = PublisherConfig(
         instrument=instrument,

@@ -1,11 +1,13 @@
-"""The publisher's paho-mqtt client: identity, TLS, credentials, last will, reconnect backoff."""
+"""The publisher's paho-mqtt client: identity, last will, in-flight window (``soclab.wire.mqtt``
+sets up the rest, as for every soclab client)."""
 
 from __future__ import annotations
 
 import paho.mqtt.client as mqtt
 
 from soclab.edge.publisher.config import PublisherConfig
-from soclab.wire.mqtt import secure
+from soclab.wire.mqtt import Will
+from soclab.wire.mqtt import make_client as make_mqtt_client
 
 
 def make_client(config: PublisherConfig, will_payload: bytes) -> mqtt.Client:
@@ -14,19 +16,9 @@ def make_client(config: PublisherConfig, will_payload: bytes) -> mqtt.Client:
     MQTT 3.1.1 with a persistent session (fixed client id, ``clean_session=False``): the bridge's
     storage confirmations for this device wait at the broker while the publisher is away.
     """
-    m = config.mqtt
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=config.client_id,
-        clean_session=False,
-        protocol=mqtt.MQTTv311,
-    )
+    will = Will(str(config.topic.with_kind("status")), will_payload)
+    client = make_mqtt_client(config.mqtt, config.client_id, clean_session=False, will=will)
     client.enable_logger()
-    secure(client, username=m.username, password=m.password() if m.username else None,
-           tls_ca=m.tls_ca, tls_cert=m.tls_cert, tls_key=m.tls_key)  # fmt: skip
-    status_topic = str(config.topic.with_kind("status"))
-    client.will_set(status_topic, will_payload, qos=1, retain=True)
-    client.reconnect_delay_set(min_delay=max(1, int(m.reconnect_min_s)), max_delay=int(m.reconnect_max_s))
-    client.max_inflight_messages_set(m.max_inflight)
+    client.max_inflight_messages_set(config.mqtt.max_inflight)
     client.max_queued_messages_set(0)  # the sender bounds what it hands over; the spool holds the rest
     return client
