@@ -5,11 +5,13 @@
 #   mqtt-user.sh set USER [FILE]   set USER's password: the one in FILE, or a new random one,
 #                                  printed once (put it in the device's vault, see the README)
 #   mqtt-user.sh delete USER       the user can no longer connect (sessions end at reconnect)
-#   mqtt-user.sh services          soclab-bridge and soclab-telegraf, from compose/secrets/
+#   mqtt-user.sh services          soclab-bridge, soclab-telegraf and soclab-health (the bridge's
+#                                  health check), from compose/secrets/
 #
 # A device's USER is its topic prefix, e.g. lab1/pi-01/mppt (the ACL keys on it).
 set -eu
 compose_dir="$(cd "$(dirname "$0")/.." && pwd)"
+usage() { sed -n '4,11p' "$compose_dir/mosquitto/mqtt-user.sh"; exit 2; }
 cd "$compose_dir"
 mkdir -p mosquitto/passwd
 [ -e mosquitto/passwd/passwd ] || : > mosquitto/passwd/passwd
@@ -33,7 +35,7 @@ set_password() { # user, file with the password
 
 case "${1:-}" in
     set)
-        [ $# -ge 2 ] || { sed -n '4,12p' "$0"; exit 2; }
+        [ $# -ge 2 ] || usage
         user="$2"
         if [ $# -ge 3 ]; then
             set_password "$user" "$3"
@@ -47,17 +49,17 @@ case "${1:-}" in
         reload
         ;;
     delete)
-        [ $# -eq 2 ] || { sed -n '4,12p' "$0"; exit 2; }
+        [ $# -eq 2 ] || usage
         in_broker "mosquitto_passwd -D /mosquitto/passwd/passwd \"\$1\" && $fix_owner" "$2" < /dev/null
         reload
         ;;
     services)
         set_password soclab-bridge secrets/mqtt_bridge_password
         set_password soclab-telegraf secrets/mqtt_telegraf_password
+        set_password soclab-health secrets/mqtt_health_password
         reload
         ;;
     *)
-        sed -n '4,12p' "$0"
-        exit 2
+        usage
         ;;
 esac

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverkit import BRIDGE, DEVICES, MOSQUITTO_CONFIG, MOSQUITTO_PASSWD, Account, TlsClient, make_certs
+from serverkit import (
+    BRIDGE,
+    DEVICES,
+    HEALTH,
+    MOSQUITTO_CONFIG,
+    MOSQUITTO_PASSWD,
+    Account,
+    TlsClient,
+    make_certs,
+)
 
 from soclab.dev.localservices import Mosquitto
 
@@ -28,7 +37,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pki")
     make_certs(folder, "ca")
     make_certs(folder, "server", "localhost", "127.0.0.1")
-    for user in (*DEVICES, BRIDGE):
+    for user in (*DEVICES, BRIDGE, HEALTH):
         make_certs(folder, "client", user)
     return folder
 
@@ -42,7 +51,7 @@ def passwd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def accounts(pki: Path, passwd_dir: Path) -> dict[str, Account]:
     made = {
         user: Account(user, secrets.token_urlsafe(24), pki / "clients" / user.replace("/", "."))
-        for user in (*DEVICES, BRIDGE)
+        for user in (*DEVICES, BRIDGE, HEALTH)
     }
     passwd = passwd_dir / "passwd"
     passwd.touch(mode=0o600)

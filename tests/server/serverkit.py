@@ -28,6 +28,7 @@ QUIET_S = 0.5  # how long to wait for something that should not happen, after a 
 
 DEVICES = ("lab1/pi-01/mppt", "lab1/pi-01/eload")
 BRIDGE = "soclab-bridge"
+HEALTH = "soclab-health"  # the bridge's health check
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,16 @@ class TlsClient:
         password: str | None = None,
         ca: Path | None = None,
         client_cert: bool = True,
+        client_id: str = "",
+        clean_session: bool = True,
     ) -> None:
         self.broker = broker
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+        )
         certs = account.certs if account else None
         self.client.tls_set(
             ca_certs=str(ca or (certs / "ca.crt" if certs else broker_ca(broker))),
@@ -75,9 +83,15 @@ class TlsClient:
         if user is not None:
             self.client.username_pw_set(user, password)
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()  # ("connack" | "disconnect", reason)
+        self.session_present: bool | None = None  # from the last CONNACK
         self.subacks: queue.Queue[Any] = queue.Queue()
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.client.on_connect = lambda c, u, flags, reason, props: self.events.put(("connack", reason))
+
+        def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
+            self.session_present = flags.session_present
+            self.events.put(("connack", reason))
+
+        self.client.on_connect = on_connect
         self.client.on_disconnect = lambda c, u, flags, reason, props: self.events.put(("disconnect", reason))
         self.client.on_subscribe = lambda c, u, mid, reasons, props: self.subacks.put(reasons)
         self.client.on_message = lambda c, u, message: self.inbox.put(message)
