@@ -1,16 +1,15 @@
-"""Helpers of the server tests: accounts, the CA script, TLS clients for the secured broker.
+"""Helpers of the server tests: TLS clients for the secured broker (accounts and the CA script
+come from ``soclab.dev.localservices.production``).
 
 ``TlsClient`` connects to the secured broker with a certificate and credentials and says what
 came back (the CONNACK's reason code, or None when the connection ended without one); every wait
-is bounded by ``WAIT_S``. ``make_certs`` runs ``compose/mosquitto/make-certs.sh``.
+is bounded by ``WAIT_S``.
 """
 
 from __future__ import annotations
 
 import queue
 import ssl
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +17,20 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from soclab.dev.localservices import Mosquitto
+from soclab.dev.localservices.production import (  # noqa: F401 - the server tests' names for them
+    MAKE_CERTS,
+    MOSQUITTO_CONFIG,
+    MOSQUITTO_PASSWD,
+    Account,
+    make_certs,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-MOSQUITTO_CONFIG = REPO / "compose" / "mosquitto" / "config"
-MAKE_CERTS = REPO / "compose" / "mosquitto" / "make-certs.sh"
-MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 WAIT_S = 10.0  # bound of every wait for something that should happen
 QUIET_S = 0.5  # how long to wait for something that should not happen, after a positive control
 
 DEVICES = ("lab1/pi-01/mppt", "lab1/pi-01/eload")
 BRIDGE = "soclab-bridge"
 HEALTH = "soclab-health"  # the bridge's health check
-
-
-@dataclass(frozen=True)
-class Account:
-    user: str
-    password: str
-    certs: Path  # ca.crt, client.crt, client.key
-
-    @property
-    def prefix(self) -> str:
-        """soclab/<site>/<node>/<device> for a device account."""
-        return f"soclab/{self.user}"
-
-
-def make_certs(pki: Path, *args: str) -> None:
-    command = ["bash", str(MAKE_CERTS), "-d", str(pki), *args]
-    subprocess.run(command, check=True, capture_output=True, timeout=60)
 
 
 class TlsClient:
