@@ -126,5 +126,11 @@ def test_cells_it_cannot_read_are_refused_with_the_place(tmp_path: Path) -> None
         read_grafana_csv(csv_file(tmp_path, "1622238915000,,,1,,", "1622238916000,,,NaN,,"))
     with pytest.raises(RecordingError, match=r":2: 3 cells, the header has 6"):
         read_grafana_csv(csv_file(tmp_path, "1622238915000,,"))
+    with pytest.raises(RecordingError, match=r":2: field larger than field limit"):
+        read_grafana_csv(csv_file(tmp_path, "1622238915000,,," + "9" * 200_000 + ",,"))
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes((HEADER + "\n1622238915000,,,12\xe9,,\n").encode("latin-1", errors="ignore"))
+    with pytest.raises(RecordingError, match="not UTF-8"):
+        read_grafana_csv(latin1)
     with pytest.raises(RecordingError, match="no column left"):
         read_grafana_csv(csv_file(tmp_path, "1", header='"Time","x"'), skip_unknown=True)
