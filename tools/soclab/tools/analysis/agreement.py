@@ -32,6 +32,8 @@ from soclab.tools.analysis.source import Dataset
 from soclab.tools.analysis.steps import Segment
 
 QUANTITIES = {"bat_a": "A", "bat_v": "V"}
+# The e-load sees only the current it sinks, not the charger's: compared while the battery discharges.
+SINKS_ONLY = {("eload", "bat_a")}
 RATIO_MIN = {"bat_a": 0.2, "bat_v": 1.0}  # below this reference magnitude a ratio means nothing
 FIT_MIN_SAMPLES = 10
 SLOPE_MIN_SPAN = 0.2  # A or V: a line through samples closer together than this is undetermined
@@ -50,12 +52,14 @@ class Fit:
     residual_rms: float
     reference_range: tuple[float, float]
     outliers: int  # samples left out as far off the line
+    gain_stderr: float  # the gain's standard error: a narrow range of the reference fixes it poorly
 
     def suggestion(self, reference: str) -> str:
         unit = QUANTITIES[self.quantity]
         key = "offset_a" if self.quantity == "bat_a" else "offset_v"
         return (
-            f"{reference} {self.quantity} reads like {self.other} with gain x {self.gain:.4f} and"
+            f"{reference} {self.quantity} reads like {self.other} with gain x {self.gain:.4f}"
+            f" (+- {self.gain_stderr:.4f}) and"
             f" {key} {self.offset:+.4f} {unit} (new gain = old gain x {self.gain:.4f}; new {key} ="
             f" {self.gain:.4f} x old {key} {self.offset:+.4f}); residual {self.residual_rms:.4f} {unit}"
             f" RMS over {self.samples} samples ({self.outliers} far off the line left out)"
@@ -129,9 +133,11 @@ def fits(data: Dataset, ref: Reference, segs: list[Segment], options: AnalysisSe
             continue
         gain, offset, kept = line
         residual = y[kept] - (gain * x[kept] + offset)
+        spread = float(np.std(x[kept]) * np.sqrt(max(1, int(kept.sum()) - 2)))
         found.append(
             Fit(other, quantity, gain, offset, int(kept.sum()), float(np.sqrt(np.mean(residual**2))),
-                (float(x[kept].min()), float(x[kept].max())), int((~kept).sum()))
+                (float(x[kept].min()), float(x[kept].max())), int((~kept).sum()),
+                float(np.sqrt(np.mean(residual**2))) / spread if spread > 0 else float("inf"))
         )  # fmt: skip
     return found
 
@@ -206,6 +212,8 @@ def _pairs(
                 frame = pd.DataFrame(
                     {"reference": reference.to_numpy(), "other": near}, index=reference.index
                 )
+            if (other, quantity) in SINKS_ONLY:
+                frame = frame[frame["reference"] < -RATIO_MIN[quantity]]
             yield other, quantity, frame
 
 
