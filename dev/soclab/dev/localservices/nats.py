@@ -143,6 +143,7 @@ class NatsCluster:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.folder = Path(folder)
+        self.ack_wait_s = ack_wait_s
         self.start_timeout_s = start_timeout_s
         kinds = ("client", "cluster", "http", "mqtt")
         ports = free_ports(len(kinds) * nodes)
