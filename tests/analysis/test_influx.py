@@ -54,6 +54,8 @@ def test_secrets_never_come_from_the_file_and_not_from_two_places(tmp_path) -> N
         )
     with pytest.raises(ConfigError, match="bucket"):
         influx_settings(parse([]), {})
+    with pytest.raises(ConfigError, match="tls_ca"):
+        influx_settings(parse(["--influx-bucket", "b", "--influx-tls-ca", str(tmp_path / "no-ca.crt")]), {})
 
 
 def test_queries_go_through_the_shim_with_the_token_and_errors_are_named(influxdb) -> None:

@@ -37,6 +37,7 @@ _FLAGS = {  # flag (argparse dest) -> [influx] key
     "influx_org": "org",
     "influx_bucket": "bucket",
     "influx_token_file": "token_file",
+    "influx_tls_ca": "tls_ca",
 }
 _REFUSED = {"token": "secrets are not read from the config file; set SOCLAB_INFLUX_TOKEN or token_file"}
 
@@ -53,6 +54,7 @@ class InfluxSettings:
     database: str = ""  # InfluxQL database; default: the bucket's name (its DBRP mapping)
     retention_policy: str = ""  # default: the bucket's "/rp" part, else the database's default
     token_file: str = ""
+    tls_ca: str = ""  # CA file for an https URL signed by the lab's own CA (default: the system's)
     timeout_s: float = 60.0
     window_s: float = 6 * 3600.0  # a long range is read in windows of this length
     token: str = field(default="", repr=False)  # filled in by with_token()
@@ -74,6 +76,8 @@ class InfluxSettings:
             raise ConfigError(f"[influx] url must start with http:// or https://, got {self.url!r}")
         if not self.bucket and not self.database:
             raise ConfigError("[influx] bucket (or database) is required")
+        if self.tls_ca and not Path(self.tls_ca).is_file():
+            raise ConfigError(f"[influx] tls_ca {self.tls_ca!r} is not a file")
         if self.timeout_s <= 0 or self.window_s <= 0:
             raise ConfigError("[influx] timeout_s and window_s must be positive")
 
@@ -94,6 +98,7 @@ def add_influx_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--influx-org", help="organisation (InfluxDB 2)")
     group.add_argument("--influx-bucket", help="bucket (InfluxDB 2) or db[/rp] (1.x)")
     group.add_argument("--influx-token-file", help="file holding the token (or SOCLAB_INFLUX_TOKEN)")
+    group.add_argument("--influx-tls-ca", help="CA certificate for an https URL (default: the system's CAs)")
 
 
 def influx_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> InfluxSettings:
@@ -117,6 +122,7 @@ class InfluxClient:
     def __init__(self, settings: InfluxSettings) -> None:
         self.settings = settings
         self._http = urllib3.PoolManager(
+            ca_certs=settings.tls_ca or None,
             num_pools=1,
             maxsize=2,
             retries=urllib3.Retry(total=2, connect=2, read=0, status=0, backoff_factor=0.5),
@@ -178,7 +184,11 @@ class InfluxClient:
         bucket = self.settings.bucket or "/".join(filter(None, (self.settings.db, self.settings.rp)))
         timeout_ms = int(self.settings.timeout_s * 1000)
         with InfluxDBClient(
-            url=self.settings.url, token=self.settings.token, org=self.settings.org or "-", timeout=timeout_ms
+            url=self.settings.url,
+            token=self.settings.token,
+            org=self.settings.org or "-",
+            timeout=timeout_ms,
+            ssl_ca_cert=self.settings.tls_ca or None,
         ) as client:
             api = client.write_api(write_options=SYNCHRONOUS)
             try:
