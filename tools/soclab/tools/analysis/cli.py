@@ -6,6 +6,7 @@ asked)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +46,7 @@ def run(prog: str, args: argparse.Namespace, body: Callable[[Analysis, InfluxCli
         settings = influx_settings(args)
         battery, options = load_settings(args.config)
         if args.anchor:
-            options = type(options)(**{**options.__dict__, "anchor": args.anchor}).check()
+            options = dataclasses.replace(options, anchor=args.anchor).check()
         start = parse_time(args.start) if args.start else None
         end = parse_time(args.end) if args.end else None
     except (ConfigError, AnalysisError, ValueError) as exc:
