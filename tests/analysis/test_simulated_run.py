@@ -122,8 +122,13 @@ def simulated_run(
             "SOCLAB_SPOOL_PATH": str(folder / "spool" / "{device}.sqlite"),
         }
         for name in ("labjack", "mppt", "eload"):
+            # The LJM stand-in gives a read's scans the battery's state at the read (its shared
+            # file holds the latest two snapshots only): small reads keep that lag at 50 ms.
             extra = (
-                {"SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE": str(folder / "battery.state")}
+                {
+                    "SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE": str(folder / "battery.state"),
+                    "SOCLAB_INSTRUMENT_SCANS_PER_READ": "5",
+                }
                 if name == "labjack"
                 else {"SOCLAB_INSTRUMENT_PORT": str(folder / "dev" / name)}
             )

@@ -11,8 +11,10 @@ sample is charge (``I > rest_a``), discharge (``I < -rest_a``) or rest, and a ch
 than ``[analysis] min_step_s`` joins the step before it (noise around zero, a short spike). A new
 cycle begins with each discharge that follows a charge.
 
-Per step: duration, end reason, Ah and Wh charged and discharged (from the reference trace),
-voltage at start and end, mean current, SoC at start and end. Per cycle: the same sums, and
+Per step: its kind (charge, discharge or rest, by its median current: a step is what it mostly
+is, whatever the instants around its edges say), duration, end reason, Ah and Wh charged and
+discharged (from the reference trace), voltage at start and end, mean current, SoC at start and
+end. Per cycle: the same sums, and
 coulombic (Ah out / Ah in) and energy (Wh out / Wh in) efficiency, with the cycle's SoC at
 start and end beside them: an efficiency over a cycle that does not return to its SoC says as
 much about the SoC change as about the battery.
@@ -135,6 +137,7 @@ def step_table(segs: list[Segment], ref: Reference, rest_a: float) -> pd.DataFra
     rows = []
     t = ref.trace.index.to_numpy(dtype=np.int64)
     volts = ref.trace["voltage_v"].to_numpy(dtype=float)
+    amps = ref.trace["current_a"].to_numpy(dtype=float)
     for n, seg in enumerate(segs):
         start, end = np.array([seg.start_ns, seg.end_ns], dtype=float)
         delta = {c: float(np.diff(ref.at(c, [start, end]))[0]) for c in _SUMS}
@@ -142,8 +145,8 @@ def step_table(segs: list[Segment], ref: Reference, rest_a: float) -> pd.DataFra
         before_end = (
             (t <= seg.end_ns) if n + 1 == len(segs) else (t < seg.end_ns)
         )  # the end is the next start
-        inside = (t >= seg.start_ns) & before_end & np.isfinite(volts)
-        v = volts[inside]
+        inside = (t >= seg.start_ns) & before_end
+        v = volts[inside & np.isfinite(volts)]
         i_mean = (
             (delta["charged_ah"] - delta["discharged_ah"]) * 3600 / duration_s if duration_s > 0 else np.nan
         )
@@ -153,7 +156,7 @@ def step_table(segs: list[Segment], ref: Reference, rest_a: float) -> pd.DataFra
                 "cycle": seg.cycle,
                 "step": seg.step,
                 "step_index": seg.step_index,
-                "kind": _kind(i_mean, rest_a),
+                "kind": _kind(float(np.median(amps[inside])) if inside.any() else i_mean, rest_a),
                 "description": seg.description,
                 "start": _time(seg.start_ns),
                 "end": _time(seg.end_ns),
