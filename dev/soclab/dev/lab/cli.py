@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from soclab.dev.lab.processes import Children
-from soclab.dev.lab.view import LiveView
+from soclab.dev.lab.view import LabView
 from soclab.dev.localservices.influxdb import InfluxDB1
 from soclab.dev.localservices.mosquitto import Mosquitto
 from soclab.dev.localservices.v2shim import V2WriteShim
@@ -103,16 +103,18 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() >= next_query:
                 view.refresh_stored()
                 next_query = time.monotonic() + 3.0
+            failed = children.failed()
+            view.problems = [
+                f"{name} exited with code {code}: see {var / 'logs' / name}.log" for name, code in failed
+            ]
             view.show()
-            for name, code in children.failed():
-                print(f"! {name} exited with code {code}: see {var / 'logs' / name}.log", flush=True)
             time.sleep(1.0)
     print("lab stopped; nothing left running. Data and logs are in", args.var)
     return 0
 
 
 @contextlib.contextmanager
-def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LiveView, Children]]:
+def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LabView, Children]]:
     """Start everything in order; stop it all in reverse order, whatever happens."""
     children = Children(var / "logs")
     with contextlib.ExitStack() as stack:
@@ -138,7 +140,7 @@ def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LiveView, Childr
         _start_simulated_lab(settings, var, children, env)
         for name, table in settings.instruments.items():
             _start_publisher(name, table, var, children, env)
-        view = LiveView(broker_host, broker_port, stored_counts)
+        view = LabView(broker_host, broker_port, stored_counts)
         view.start()
         stack.callback(view.stop)
         yield view, children

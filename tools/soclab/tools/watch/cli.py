@@ -173,9 +173,6 @@ class Screen:
         self._live: Live | None = None
 
     def __enter__(self) -> Screen:
-        if self.console.is_terminal:
-            self._live = Live(console=self.console, screen=True, auto_refresh=False, transient=False)
-            self._live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -191,7 +188,10 @@ class Screen:
             screen = render(
                 self.model, now, title=self.title, compact=compact, intake=stats, extra=self.extra()
             )
-        if self._live is not None:
+        if self.console.is_terminal:
+            if self._live is None:  # the terminal's screen is taken only once there is something to show
+                self._live = Live(console=self.console, screen=True, auto_refresh=False, transient=False)
+                self._live.__enter__()
             self._live.update(screen, refresh=True)
         else:
             self.stream.write(plain(screen) + "\n")

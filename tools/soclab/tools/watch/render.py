@@ -20,7 +20,7 @@ from soclab.tools.watch.kinds import headline, unit_of
 from soclab.tools.watch.model import Device, IntakeStats, Model, ago, duration
 
 LAST_ROWS = 5  # dead letters and malformed messages shown
-COMPACT_WIDTH = 110  # narrower terminals get the compact view
+COMPACT_WIDTH = 100  # narrower terminals get the compact view
 
 
 def condition(model: Model, device: Device, now: float) -> tuple[str, str]:
@@ -98,7 +98,7 @@ def _devices(model: Model, now: float) -> Table:
         ("device", "left"),
         ("kind", "left"),
         ("state", "left"),
-        ("data", "right"),
+        ("data", "right"),  # how long ago the last data message came
         ("samples/s", "right"),
         ("last values", "left"),
         ("seq", "right"),
@@ -108,7 +108,8 @@ def _devices(model: Model, now: float) -> Table:
         ("backlog", "right"),
         ("errors", "left"),
     ):
-        table.add_column(name, justify=justify, no_wrap=name != "errors")  # type: ignore[arg-type]
+        wraps = name in ("last values", "errors")  # these give way when the terminal is narrow
+        table.add_column(name, justify=justify, no_wrap=not wraps, min_width=None if wraps else len(name))  # type: ignore[arg-type]
     for key in sorted(model.devices):
         device = model.devices[key]
         word, style = condition(model, device, now)
@@ -117,7 +118,7 @@ def _devices(model: Model, now: float) -> Table:
             key,
             device.kind or "?",
             Text(word, style=style),
-            "-" if device.last_data_at is None else ago(device.last_data_at, now),
+            "-" if device.last_data_at is None else duration(now - device.last_data_at),
             f"{device.rate.rate(now):.1f}",
             values_text(device),
             "-" if device.seqs.highest is None else str(device.seqs.highest),
@@ -225,7 +226,7 @@ def values_text(device: Device, headline_only: bool = True) -> str:
     names = [n for n in headline(device.kind) if n in values]
     if not headline_only:
         names += sorted(n for n in values if n not in names)
-    text = "  ".join(f"{name} {_value(values[name])}{_unit(name)}" for name in names)
+    text = "  ".join(f"{name}\u00a0{_value(values[name])}{_unit(name)}" for name in names)
     if device.last_flags:
         text += "  flags " + ",".join(device.last_flags)
     return text
@@ -233,7 +234,7 @@ def values_text(device: Device, headline_only: bool = True) -> str:
 
 def _unit(name: str) -> str:
     unit = unit_of(name)
-    return f" {unit}" if unit else ""
+    return f"\u00a0{unit}" if unit else ""
 
 
 def _value(value: Any) -> str:
