@@ -7,18 +7,32 @@
 - ``secure_broker``: Debian's Mosquitto running ``compose/mosquitto/config`` (TLS, passwords,
   ACL, limits) with only paths and port changed (``Mosquitto.from_project_config``).
 - ``tls_client``: factory of ``serverkit.TlsClient``, closed at teardown.
+- ``monitor_broker``: a secured broker of the test's own whose ACL is the committed one after
+  ``mqtt-user.sh acl-monitor`` granted the monitor account (``serverkit.MONITOR``).
 """
 
 from __future__ import annotations
 
 import secrets
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serverkit import BRIDGE, DEVICES, MOSQUITTO_CONFIG, MOSQUITTO_PASSWD, Account, TlsClient, make_certs
+from serverkit import (
+    BRIDGE,
+    DEVICES,
+    MONITOR,
+    MONITOR_NAME,
+    MOSQUITTO_CONFIG,
+    MOSQUITTO_PASSWD,
+    MQTT_USER_SH,
+    Account,
+    TlsClient,
+    make_certs,
+)
 
 from soclab.dev.localservices import Mosquitto
 
@@ -28,7 +42,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pki")
     make_certs(folder, "ca")
     make_certs(folder, "server", "localhost", "127.0.0.1")
-    for user in (*DEVICES, BRIDGE):
+    for user in (*DEVICES, BRIDGE, MONITOR):
         make_certs(folder, "client", user)
     return folder
 
@@ -42,7 +56,7 @@ def passwd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def accounts(pki: Path, passwd_dir: Path) -> dict[str, Account]:
     made = {
         user: Account(user, secrets.token_urlsafe(24), pki / "clients" / user.replace("/", "."))
-        for user in (*DEVICES, BRIDGE)
+        for user in (*DEVICES, BRIDGE, MONITOR)
     }
     passwd = passwd_dir / "passwd"
     passwd.touch(mode=0o600)
@@ -63,6 +77,29 @@ def secure_broker(
     broker = Mosquitto.from_project_config(
         tmp_path_factory.mktemp("secure-mosquitto"),
         config_dir=MOSQUITTO_CONFIG,
+        passwd_dir=passwd_dir,
+        certs_dir=pki / "server",
+    )
+    with broker:
+        yield broker
+
+
+@pytest.fixture
+def monitor_broker(
+    tmp_path: Path, pki: Path, passwd_dir: Path, accounts: dict[str, Account]
+) -> Iterator[Mosquitto]:
+    compose = tmp_path / "compose"
+    shutil.copytree(MOSQUITTO_CONFIG, compose / "mosquitto" / "config")
+    shutil.copy(MQTT_USER_SH, compose / "mosquitto" / "mqtt-user.sh")
+    subprocess.run(
+        ["sh", str(compose / "mosquitto" / "mqtt-user.sh"), "acl-monitor", MONITOR_NAME],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    broker = Mosquitto.from_project_config(
+        tmp_path / "mosquitto",
+        config_dir=compose / "mosquitto" / "config",
         passwd_dir=passwd_dir,
         certs_dir=pki / "server",
     )

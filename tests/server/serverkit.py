@@ -28,6 +28,9 @@ QUIET_S = 0.5  # how long to wait for something that should not happen, after a 
 
 DEVICES = ("lab1/pi-01/mppt", "lab1/pi-01/eload")
 BRIDGE = "soclab-bridge"
+MONITOR_NAME = "watch"  # the account monitor/watch, granted by mqtt-user.sh (monitor_broker)
+MONITOR = f"monitor/{MONITOR_NAME}"
+MQTT_USER_SH = REPO / "compose" / "mosquitto" / "mqtt-user.sh"
 
 
 @dataclass(frozen=True)
