@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import secrets
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,13 +23,13 @@ import pytest
 from serverkit import (
     BRIDGE,
     DEVICES,
+    LABJACK,
     MONITOR,
-    MONITOR_NAME,
     MOSQUITTO_CONFIG,
     MOSQUITTO_PASSWD,
-    MQTT_USER_SH,
     Account,
     TlsClient,
+    broker_with_monitor,
     make_certs,
 )
 
@@ -42,7 +41,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pki")
     make_certs(folder, "ca")
     make_certs(folder, "server", "localhost", "127.0.0.1")
-    for user in (*DEVICES, BRIDGE, MONITOR):
+    for user in (*DEVICES, LABJACK, BRIDGE, MONITOR):
         make_certs(folder, "client", user)
     return folder
 
@@ -56,7 +55,7 @@ def passwd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def accounts(pki: Path, passwd_dir: Path) -> dict[str, Account]:
     made = {
         user: Account(user, secrets.token_urlsafe(24), pki / "clients" / user.replace("/", "."))
-        for user in (*DEVICES, BRIDGE, MONITOR)
+        for user in (*DEVICES, LABJACK, BRIDGE, MONITOR)
     }
     passwd = passwd_dir / "passwd"
     passwd.touch(mode=0o600)
@@ -88,22 +87,7 @@ def secure_broker(
 def monitor_broker(
     tmp_path: Path, pki: Path, passwd_dir: Path, accounts: dict[str, Account]
 ) -> Iterator[Mosquitto]:
-    compose = tmp_path / "compose"
-    shutil.copytree(MOSQUITTO_CONFIG, compose / "mosquitto" / "config")
-    shutil.copy(MQTT_USER_SH, compose / "mosquitto" / "mqtt-user.sh")
-    subprocess.run(
-        ["sh", str(compose / "mosquitto" / "mqtt-user.sh"), "acl-monitor", MONITOR_NAME],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    broker = Mosquitto.from_project_config(
-        tmp_path / "mosquitto",
-        config_dir=compose / "mosquitto" / "config",
-        passwd_dir=passwd_dir,
-        certs_dir=pki / "server",
-    )
-    with broker:
+    with broker_with_monitor(tmp_path, pki, passwd_dir) as broker:
         yield broker
 
 

@@ -7,9 +7,12 @@ is bounded by ``WAIT_S``. ``make_certs`` runs ``compose/mosquitto/make-certs.sh`
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import shutil
 import ssl
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ QUIET_S = 0.5  # how long to wait for something that should not happen, after a 
 
 DEVICES = ("lab1/pi-01/mppt", "lab1/pi-01/eload")
 BRIDGE = "soclab-bridge"
+LABJACK = "lab1/pi-01/labjack"  # the third device of the simulated lab (test_watch_tls)
 MONITOR_NAME = "watch"  # the account monitor/watch, granted by mqtt-user.sh (monitor_broker)
 MONITOR = f"monitor/{MONITOR_NAME}"
 MQTT_USER_SH = REPO / "compose" / "mosquitto" / "mqtt-user.sh"
@@ -126,6 +130,27 @@ def connack(client: mqtt.Client, broker: Mosquitto, events: queue.Queue[tuple[st
     except queue.Empty:
         pytest.fail(f"neither CONNACK nor disconnection from {broker} after {WAIT_S} s")
     return reason if kind == "connack" else None
+
+
+@contextlib.contextmanager
+def broker_with_monitor(folder: Path, pki: Path, passwd_dir: Path) -> Iterator[Mosquitto]:
+    """The secured broker, its ACL the committed one after ``mqtt-user.sh acl-monitor`` granted
+    ``MONITOR`` (as on a server), running in ``folder``."""
+    compose = folder / "compose"
+    shutil.copytree(MOSQUITTO_CONFIG, compose / "mosquitto" / "config")
+    shutil.copy(MQTT_USER_SH, compose / "mosquitto" / "mqtt-user.sh")
+    script = compose / "mosquitto" / "mqtt-user.sh"
+    subprocess.run(
+        ["sh", str(script), "acl-monitor", MONITOR_NAME], check=True, capture_output=True, timeout=30
+    )
+    broker = Mosquitto.from_project_config(
+        folder / "mosquitto",
+        config_dir=compose / "mosquitto" / "config",
+        passwd_dir=passwd_dir,
+        certs_dir=pki / "server",
+    )
+    with broker:
+        yield broker
 
 
 def broker_ca(broker: Mosquitto) -> Path:

@@ -78,6 +78,14 @@ def test_a_publisher_that_numbers_again_from_zero_restarts_the_sequence_record()
     assert (device.seqs.duplicates, device.seqs.missing(), device.seqs.highest) == (0, 0, 2)
 
 
+def test_a_last_will_with_the_gauges_of_its_connection_does_not_restart_the_sequence_record():
+    model = Model(started=T0)
+    model.ingest(topic("mppt"), data("mppt", range(100, 110)), T0)
+    will = status("mppt", "offline", reason="connection-lost", gauges={"seq_next": 100})
+    model.ingest(topic("mppt", "status"), will, T0 + 1)
+    assert model.devices["lab1/pi-01/mppt"].seqs.highest == 109
+
+
 def test_a_spool_that_only_grows_and_an_old_backlog_are_alerts():
     model = Model(Thresholds(spool_growth_s=20.0, backlog_age_s=60.0, silent_s=1000), started=T0)
     for i, depth in enumerate((10, 10, 50, 120, 300, 800)):

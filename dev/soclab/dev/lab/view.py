@@ -22,14 +22,13 @@ from soclab.wire.mqtt import MqttSettings
 class LabView:
     def __init__(
         self,
-        host: str,
-        port: int,
+        settings: MqttSettings,
         stored_counts: Callable[[], dict[str, int]] | None = None,
         *,
         stream: TextIO | None = None,
         thresholds: Thresholds | None = None,
     ) -> None:
-        self.settings = MqttSettings(host=host, port=port)
+        self.settings = settings
         self.model = Model(thresholds, started=time.time())
         self.intake = Intake(self.settings, self._ingest, subscriptions())
         self.stored: dict[str, int] = {}

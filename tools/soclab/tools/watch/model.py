@@ -332,10 +332,17 @@ class Model:
         depth = gauges.get("spool_depth")
         if isinstance(depth, int | float) and not retained:
             device.spool.append((now, float(depth)))
+        # A last will carries the gauges of when it was set (the connection), so only an online
+        # status can say that numbering started again (a new spool).
         seq_next = gauges.get("seq_next")
         highest = device.seqs.highest
-        if isinstance(seq_next, int | float) and highest is not None and seq_next <= highest:
-            device.seqs.reset()  # numbering started again (a new spool)
+        if (
+            state == "online"
+            and isinstance(seq_next, int | float)
+            and highest is not None
+            and seq_next <= highest
+        ):
+            device.seqs.reset()
 
     def _stored(self, where: Topic, payload: bytes, now: float) -> None:
         message = _decode(payload, STORED_SCHEMA)
