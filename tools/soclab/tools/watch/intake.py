@@ -128,16 +128,16 @@ class Intake:
 
     def _work(self) -> None:
         try:
-            while not self._stop.is_set():
+            while True:
                 with self._ready:
                     while not self._queue and not self._stop.is_set():
                         self._ready.wait(0.5)
-                    batch = list(self._queue)
-                    self._queue.clear()
-                for topic, payload, arrived, retained in batch:
+                    if self._stop.is_set():
+                        return
+                    topic, payload, arrived, retained = self._queue.popleft()
                     self._handling = arrived
-                    with self.lock:
-                        self._handler(topic, payload, arrived, retained)
+                with self.lock:
+                    self._handler(topic, payload, arrived, retained)
                 self._handling = None
         except BaseException as exc:  # a bug in a handler: kept, and shown by whoever runs us
             self.failure = exc
