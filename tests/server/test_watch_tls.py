@@ -29,6 +29,7 @@ from serverkit import BRIDGE, DEVICES, LABJACK, MONITOR, REPO, Account, TlsClien
 
 from soclab.dev.lab.cli import LabSettings, run_lab
 from soclab.dev.lab.processes import Children
+from soclab.dev.lab.view import LabView
 from soclab.dev.localservices import InfluxDB1, Mosquitto, V2WriteShim
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,7 @@ def commands(section: str, program: str) -> list[str]:
 class TlsLab:
     broker: Mosquitto
     children: Children
+    view: LabView  # make lab's own view, watching with the monitor account too
     accounts: dict[str, Account]
     watch_config: Path  # the README's soclab file, with this lab's values
     home: Path  # XDG_CONFIG_HOME holding the README's mosquitto_sub file
@@ -195,8 +197,8 @@ def tls_lab(
         _mosquitto_sub_config(home, broker, monitor)
         config = _watch_config(folder, broker, monitor, _password_file(secrets, monitor))
         try:
-            with run_lab(settings, folder / "var") as (_view, children):
-                yield TlsLab(broker, children, accounts, config, home)
+            with run_lab(settings, folder / "var") as (view, children):
+                yield TlsLab(broker, children, view, accounts, config, home)
         finally:
             server.drop_database("watchtls")
 
@@ -363,6 +365,12 @@ def test_soclab_watch_in_a_terminal_shows_the_lab_alerts_and_survives_bad_messag
         "the monitor going on after them", lambda s: shows_running(s, "mppt"), timeout=2
     )
     print("\n--- after hostile messages ---\n" + screen)
+    # make lab's view (the same monitor, in this process) took them too, and goes on
+    with tls_lab.view.intake.lock:
+        lab_model = tls_lab.view.model
+        assert lab_model.malformed_total >= 5
+        assert lab_model.condition(lab_model.devices[f"{MPPT}"], time.time()) == "online"
+    assert tls_lab.view.intake.failure is None
 
     # a publisher that hangs (SIGSTOP: connected, sending nothing) turns silent at the threshold
     labjack = tls_lab.children.pid("labjack")

@@ -181,6 +181,9 @@ class Screen:
             self._live = None
 
     def draw(self, now: float | None = None) -> None:
+        """Draw once; raise what stopped the intake, if anything did (a bug: never hidden)."""
+        if self.intake.failure is not None:
+            raise self.intake.failure
         now = time.time() if now is None else now
         compact = self.compact or (self.console.is_terminal and self.console.width < COMPACT_WIDTH)
         stats = self.intake.stats()
@@ -208,8 +211,6 @@ def _live(mqtt: MqttSettings, settings: WatchSettings) -> int:
         with Screen(model, intake, describe(mqtt), compact=settings.compact) as screen:
             while not stop.is_set():
                 screen.draw()
-                if intake.failure is not None:
-                    raise intake.failure
                 stop.wait(settings.refresh_s)
     finally:
         intake.stop()

@@ -14,8 +14,8 @@ What it reads (all below ``soclab/`` unless said):
 - ``.../data``: samples per second, the last values, sequence numbers (holes that stay open past
   a grace period are gaps; numbers seen twice are duplicates), when the device last sent data.
 - ``.../status`` (retained, the last will says ``offline``): online or offline and since when,
-  spool depth and backlog, counters, the last error. A status whose ``seq_next`` is not above
-  the numbers seen means the publisher started numbering again: the sequence record restarts.
+  spool depth and backlog, counters, the last error. An online status whose ``seq_next`` is not
+  above the numbers seen means the publisher numbers from 0 again: the sequence record restarts.
 - ``.../stored``: the bridge's storage confirmations; matched with the data messages this
   monitor saw, they give each bridge's lag from acquisition to storage.
 - ``.../deadletter`` and ``soclab-bridge/<id>/deadletter``: what a bridge refused, and why.
