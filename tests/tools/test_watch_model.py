@@ -153,7 +153,8 @@ def test_a_bridge_offline_and_its_rates_from_its_counters():
 
 def test_a_tripped_run_limit_and_a_failed_command_are_alerts():
     model = Model(started=T0)
-    run = {"state": "safe", "event": "limit", "reason": "bat_v 10.4 V below min_v 10.5 V", "step": 3}
+    event = {"run": "r1", "event": "limit", "reason": "bat_v 10.4 V below min_v 10.5 V", "step": 3}
+    run = {"schema": "soclab.run.status/1", "state": "idle", "t_ns": 1, "last_event": event}
     model.ingest("soclab/lab1/pi-01/run/status", json.dumps(run).encode(), T0)
     result = {"command": "load_on", "outcome": "failed", "reason": "no access (not in remote mode)"}
     model.ingest(topic("eload", "cmd/result"), json.dumps(result).encode(), T0)
@@ -161,6 +162,7 @@ def test_a_tripped_run_limit_and_a_failed_command_are_alerts():
         "run lab1/pi-01: limit tripped: bat_v 10.4 V below min_v 10.5 V",
         "lab1/pi-01/eload: command load_on failed: no access (not in remote mode)",
     ]
+    assert "run lab1/pi-01" not in " ".join(alert_texts(model, T0 + 400))  # no longer recent
 
 
 def test_filters_keep_only_matching_devices():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -99,3 +100,39 @@ def test_the_compact_screen_fits_a_small_terminal():
     assert "alerts: none" in lines
     assert any(line.startswith("lab1/pi-01/mppt online 1.0/s bat_v 12.85 V") for line in lines)
     assert "bridge lab online" in lines
+
+
+def test_the_screen_shows_a_run_with_its_step_and_the_value_it_watches():
+    model = _lab(T0)
+    status_message = {
+        "schema": "soclab.run.status/1",
+        "source": {"site": "lab1", "node": "pi-01", "device": "run"},
+        "state": "running",
+        "t_ns": int(T0 * 1e9),
+        "run": {
+            "id": "r1",
+            "name": "capacity",
+            "started_ns": 1,
+            "cycle": 2,
+            "step": 5,
+            "step_index": 1,
+            "description": "Discharge at 3 A until 11.8 V",
+            "elapsed_s": 600.0,
+            "step_elapsed_s": 75.0,
+            "until": "bat_v <= 11.8",
+            "watching": {"quantity": "bat_v", "channel": "labjack.bat_v", "value": 12.1, "fallback": False},
+        },
+        "last_event": {"run": "r1", "event": "step", "reason": "rest ended after 30 min"},
+    }
+    model.ingest("soclab/lab1/pi-01/run/status", json.dumps(status_message).encode(), T0)
+    text = plain(render(model, T0 + 1, title="test"), width=250).replace("\u00a0", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith("lab1/pi-01 ")]
+    for shown in (
+        "running",
+        "capacity",
+        "cycle 2 step 1: Discharge at 3 A until 11.8 V (75 s)",
+        "bat_v <= 11.8",
+    ):
+        assert shown in line
+    assert "bat_v 12.1 on labjack.bat_v" in line
+    assert "step: rest ended after 30 min" in line

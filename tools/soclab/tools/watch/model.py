@@ -20,7 +20,8 @@ What it reads (all below ``soclab/`` unless said):
   monitor saw, they give each bridge's lag from acquisition to storage.
 - ``.../deadletter`` and ``soclab-bridge/<id>/deadletter``: what a bridge refused, and why.
 - ``.../cmd/result``: the last command result of each device.
-- ``soclab/<site>/<node>/run/status``: the run of a node; a tripped limit is an alert.
+- ``soclab/<site>/<node>/run/status``: the run of a node (state, step, the value it watches); a
+  tripped limit is an alert while its status is recent.
 - ``soclab-bridge/<id>/status``: each bridge's counters and state.
 """
 
@@ -194,11 +195,15 @@ class Run:
     def key(self) -> str:
         return f"{self.site}/{self.node}"
 
+    def last_event(self) -> dict[str, Any]:
+        event = self.status.get("last_event")
+        return event if isinstance(event, dict) else {}
+
     def limit_tripped(self) -> str | None:
-        """What the run's status says about a tripped limit (event, state or reason), if anything."""
-        words = [self.status.get(k) for k in ("event", "state", "last_event")]
-        if any(isinstance(w, str) and w.lower() == "limit" for w in words):
-            return str(self.status.get("reason") or "limit")
+        """The reason of a tripped limit, if that is the run's last event (``soclab.run.status/1``)."""
+        event = self.last_event()
+        if event.get("event") == "limit":
+            return str(event.get("reason") or "limit")
         return None
 
 
@@ -443,7 +448,7 @@ class Model:
             found.append(Alert("warning", "malformed", f"{text}: {bad[-1].reason}"))
         for key in sorted(self.runs):
             tripped = self.runs[key].limit_tripped()
-            if tripped:
+            if tripped and now - self.runs[key].at <= t.recent_s:
                 found.append(Alert("error", f"run {key}", f"limit tripped: {_short(tripped)}"))
         return sorted(found, key=lambda a: a.severity != "error")
 

@@ -170,15 +170,38 @@ def _bridges(model: Model, now: float) -> Table:
 
 def _runs(model: Model, now: float) -> Table:
     table = Table(title="runs", title_justify="left", pad_edge=False, box=None)
-    for name in ("node", "status", "heard"):
-        table.add_column(name)
+    for name in ("node", "state", "run", "step", "until", "watching", "last event", "heard"):
+        table.add_column(name, no_wrap=name in ("node", "state", "heard"))
     for key in sorted(model.runs):
         run = model.runs[key]
-        fields = ("state", "event", "cycle", "step", "description", "reason")
-        status = "  ".join(f"{k}={run.status[k]}" for k in fields if run.status.get(k) is not None)
-        style = "bold red" if run.limit_tripped() else ""
-        table.add_row(key, Text(status or "?", style=style), ago(run.at, now))
+        current = _table(run.status.get("run"))
+        watching = _table(current.get("watching"))
+        step = watched = ""
+        if current:
+            elapsed = duration(float(current.get("step_elapsed_s") or 0))
+            step = f"cycle {current.get('cycle', '?')} step {current.get('step_index', '?')}: "
+            step += f"{current.get('description', '')} ({elapsed})"
+        if watching:
+            fallback = " (fallback)" if watching.get("fallback") else ""
+            watched = f"{watching.get('quantity')} {_number(watching.get('value'))}"
+            watched += f" on {watching.get('channel')}{fallback}"
+        event = run.last_event()
+        last = f"{event.get('event')}: {event.get('reason', '')}" if event else ""
+        table.add_row(
+            key,
+            str(run.status.get("state", "?")),
+            str(current.get("name", "")),
+            step,
+            str(current.get("until", "")),
+            watched,
+            Text(last, style="bold red" if run.limit_tripped() else ""),
+            ago(run.at, now),
+        )
     return table
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _recent(model: Model, now: float) -> list[RenderableType]:
