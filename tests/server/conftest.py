@@ -8,7 +8,7 @@
   ACL, limits) with only paths and port changed (``Mosquitto.from_project_config``).
 - ``tls_client``: factory of ``serverkit.TlsClient``, closed at teardown.
 - ``monitor_broker``: a secured broker of the test's own whose ACL is the committed one after
-  ``mqtt-user.sh acl-monitor`` granted the monitor account (``serverkit.MONITOR``).
+  ``mqtt-user.sh acl-monitor`` granted the monitor accounts (``serverkit.MONITORS``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from serverkit import (
     BRIDGE,
     DEVICES,
     LABJACK,
-    MONITOR,
+    MONITORS,
     MOSQUITTO_CONFIG,
     MOSQUITTO_PASSWD,
     Account,
@@ -41,7 +41,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pki")
     make_certs(folder, "ca")
     make_certs(folder, "server", "localhost", "127.0.0.1")
-    for user in (*DEVICES, LABJACK, BRIDGE, MONITOR):
+    for user in (*DEVICES, LABJACK, BRIDGE, *MONITORS):
         make_certs(folder, "client", user)
     return folder
 
@@ -55,7 +55,7 @@ def passwd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def accounts(pki: Path, passwd_dir: Path) -> dict[str, Account]:
     made = {
         user: Account(user, secrets.token_urlsafe(24), pki / "clients" / user.replace("/", "."))
-        for user in (*DEVICES, LABJACK, BRIDGE, MONITOR)
+        for user in (*DEVICES, LABJACK, BRIDGE, *MONITORS)
     }
     passwd = passwd_dir / "passwd"
     passwd.touch(mode=0o600)

@@ -15,11 +15,12 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from serverkit import BRIDGE, DEVICES, MONITOR, MONITOR_NAME, MQTT_USER_SH, QUIET_S, Account, TlsClient
+from serverkit import BRIDGE, DEVICES, MONITORS, MQTT_USER_SH, QUIET_S, Account, TlsClient
 
 from soclab.dev.localservices import Mosquitto
 
 MPPT, ELOAD = DEVICES
+MONITOR, READER, LATE = MONITORS[:3]  # a connection each
 
 
 def test_mqtt_user_sh_grants_a_monitor_once_below_the_acls_monitors_line(tmp_path: Path) -> None:
@@ -88,9 +89,9 @@ def test_a_monitor_reads_every_soclab_topic_and_the_bridges_status_and_dead_lett
 def test_a_monitor_publishes_nowhere(
     monitor_broker: Mosquitto, accounts: dict[str, Account], tls_client: Callable[..., TlsClient]
 ) -> None:
-    # Readers of everything the monitor might reach: another connection of the monitor account
-    # (reads all below soclab/ and the bridges' topics), the bridge, and the device itself.
-    reader = tls_client(monitor_broker, accounts[MONITOR])
+    # Readers of everything the monitor might reach: another monitor (it reads all below soclab/
+    # and the bridges' topics), the bridge, and the device itself.
+    reader = tls_client(monitor_broker, accounts[READER])
     assert not reader.connect().is_failure
     for topic in ("soclab/#", "soclab-bridge/+/status", "soclab-bridge/+/deadletter"):
         assert not reader.subscribe(topic).is_failure
@@ -110,7 +111,7 @@ def test_a_monitor_publishes_nowhere(
     forbidden += [
         f"soclab/{MONITOR}/data",  # what the device patterns (soclab/%u/data) would grant it
         f"soclab/{MONITOR}/status",
-        f"soclab/{MONITOR_NAME}/x/y/data",
+        f"soclab/{MONITOR.split('/')[1]}/x/y/data",
         "soclab-bridge/lab/status",
         "soclab-bridge/lab/deadletter",
         "soclab/lab1/pi-01/run/cmd",
@@ -129,7 +130,7 @@ def test_a_monitor_publishes_nowhere(
     for who in (reader, bridge, mppt):
         assert who.received(QUIET_S) is None
     # Nothing was retained either: a new subscriber gets nothing.
-    late = tls_client(monitor_broker, accounts[MONITOR])
+    late = tls_client(monitor_broker, accounts[LATE])
     assert not late.connect().is_failure
     assert not late.subscribe("soclab/#").is_failure
     assert not late.subscribe("soclab-bridge/+/status").is_failure

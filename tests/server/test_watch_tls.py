@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from serverkit import BRIDGE, DEVICES, LABJACK, MONITOR, REPO, Account, TlsClient, broker_with_monitor
+from serverkit import BRIDGE, DEVICES, LABJACK, MONITORS, REPO, Account, TlsClient, broker_with_monitor
 
 from soclab.dev.lab.cli import LabSettings, run_lab
 from soclab.dev.lab.processes import Children
@@ -35,6 +35,9 @@ from soclab.dev.localservices import InfluxDB1, Mosquitto, V2WriteShim
 pytestmark = pytest.mark.slow
 
 MPPT, ELOAD = DEVICES
+# A monitor account per connection open at the same time (the broker may allow one each): soclab
+# watch in tmux, make lab's own view, the README's mosquitto_sub recipes, --status and --json.
+WATCH, LAB_VIEW, RECIPES, SCRIPTS = MONITORS
 README = REPO / "README.md"
 SILENT_S = 4.0  # the monitor's threshold in these tests ([watch] silent_s)
 WAIT_S = 60.0  # bound of every wait for the screen
@@ -73,7 +76,8 @@ class TlsLab:
     children: Children
     view: LabView  # make lab's own view, watching with the monitor account too
     accounts: dict[str, Account]
-    watch_config: Path  # the README's soclab file, with this lab's values
+    watch_config: Path  # the README's soclab file, with this lab's values (WATCH's account)
+    script_config: Path  # the same with SCRIPTS' account
     home: Path  # XDG_CONFIG_HOME holding the README's mosquitto_sub file
 
     def env(self) -> dict[str, str]:
@@ -87,7 +91,7 @@ def _password_file(folder: Path, account: Account) -> Path:
     return path
 
 
-def _watch_config(folder: Path, broker: Mosquitto, monitor: Account, secret: Path) -> Path:
+def _watch_config(folder: Path, broker: Mosquitto, monitor: Account, secret: Path, name: str) -> Path:
     """The README's soclab settings file with this lab's broker and monitor account."""
     (block,) = [b for b in code_blocks(readme_section("Watching a lab"), "toml") if "[mqtt]" in b]
     table = tomllib.loads(block)
@@ -106,7 +110,7 @@ def _watch_config(folder: Path, broker: Mosquitto, monitor: Account, secret: Pat
     for name, values in table.items():
         lines.append(f"[{name}]")
         lines.extend(f"{key} = {value!r}".replace("'", '"') for key, value in values.items())
-    path = folder / "lab1.toml"
+    path = folder / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -148,7 +152,7 @@ def tls_lab(
     secrets.mkdir(mode=0o700)
     server, shim = _influx_server
     server.create_database("watchtls")
-    monitor = accounts[MONITOR]
+    monitor = accounts[LAB_VIEW]
     bridge = accounts[BRIDGE]
     ca = str(monitor.certs / "ca.crt")
 
@@ -194,11 +198,15 @@ def tls_lab(
         )
         home = folder / "config"
         home.mkdir()
-        _mosquitto_sub_config(home, broker, monitor)
-        config = _watch_config(folder, broker, monitor, _password_file(secrets, monitor))
+        _mosquitto_sub_config(home, broker, accounts[RECIPES])
+        watching, scripts = accounts[WATCH], accounts[SCRIPTS]
+        config = _watch_config(folder, broker, watching, _password_file(secrets, watching), "lab1.toml")
+        script_config = _watch_config(
+            folder, broker, scripts, _password_file(secrets, scripts), "scripts.toml"
+        )
         try:
             with run_lab(settings, folder / "var") as (view, children):
-                yield TlsLab(broker, children, view, accounts, config, home)
+                yield TlsLab(broker, children, view, accounts, config, script_config, home)
         finally:
             server.drop_database("watchtls")
 
@@ -305,9 +313,9 @@ def test_soclab_watch_in_a_terminal_shows_the_lab_alerts_and_survives_bad_messag
 ) -> None:
     watch = commands(readme_section("Watching a lab"), "soclab watch")
     assert len(watch) == 4, watch
-    live, _compact, as_json, status = (
-        c.replace("~/.config/soclab/lab1.toml", str(tls_lab.watch_config)) for c in watch
-    )
+    live = watch[0].replace("~/.config/soclab/lab1.toml", str(tls_lab.watch_config))
+    # while it runs, the scripts (--json, --status) connect with an account of their own
+    as_json, status = (c.replace("~/.config/soclab/lab1.toml", str(tls_lab.script_config)) for c in watch[2:])
 
     terminal.run(live)
     screen = terminal.wait_for(
