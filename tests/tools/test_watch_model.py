@@ -174,6 +174,15 @@ def test_filters_keep_only_matching_devices():
     assert model.filtered_out == 1
 
 
+def test_a_monitor_that_hears_of_no_device_says_so():
+    model = Model(Thresholds(silent_s=10), started=T0)
+    assert model.alerts(T0 + 9) == []
+    (alert,) = model.alerts(T0 + 11)
+    assert alert.text == "no device heard of in 11 s: wrong broker, filters or account?"
+    model.ingest(topic("mppt", "status"), status("mppt"), T0 + 12)
+    assert model.alerts(T0 + 12) == []
+
+
 def test_the_monitor_says_when_it_falls_behind_or_is_disconnected():
     model = Model(started=T0)
     behind = IntakeStats(connected=True, since=T0, queued=5000, oldest_s=3.5, dropped=0, received=9000)

@@ -433,6 +433,10 @@ class Model:
         found: list[Alert] = []
         if intake is not None:
             found.extend(_intake_alerts(intake, now))
+        if not self.devices and now - self.started > t.silent_s:
+            # A broker that denies a subscription still grants it and then delivers nothing.
+            text = f"no device heard of in {duration(now - self.started)}: wrong broker, filters or account?"
+            found.append(Alert("warning", "monitor", text))
         for key in sorted(self.devices):
             found.extend(self._device_alerts(self.devices[key], now))
         for bridge_id in sorted(self.bridges):
