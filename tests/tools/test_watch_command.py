@@ -151,3 +151,32 @@ def test_the_intake_says_when_it_falls_behind_and_bounds_its_queue(mosquitto, mq
     finally:
         release.set()
         intake.stop()
+
+
+def test_the_intake_shows_a_lost_broker_and_takes_up_again_when_it_is_back(
+    own_mosquitto, mqtt_client
+) -> None:
+    got: list[bytes] = []
+    settings = MqttSettings(
+        host=own_mosquitto.host, port=own_mosquitto.port, reconnect_min_s=1, reconnect_max_s=1
+    )
+    intake = Intake(settings, lambda t, p, a, r: got.append(p), ["soclab/+/+/+/data"]).start()
+    try:
+        own_mosquitto.stop()
+        deadline = time.monotonic() + 10
+        while intake.stats().connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not intake.stats().connected
+        own_mosquitto.start()
+        deadline = time.monotonic() + 15
+        while not intake.stats().connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert intake.stats().connected
+        publisher = mqtt_client(own_mosquitto)
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:  # subscribed again after the reconnection
+            publisher.publish("soclab/lab1/pi-01/mppt/data", b"after", qos=1).wait_for_publish(5)
+            time.sleep(0.2)
+        assert got[:1] == [b"after"]
+    finally:
+        intake.stop()
