@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from soclab.dev.lab.processes import Children
-from soclab.dev.lab.view import LiveView
+from soclab.dev.lab.view import LabView
 from soclab.dev.localservices.influxdb import InfluxDB1
 from soclab.dev.localservices.mosquitto import Mosquitto
 from soclab.dev.localservices.v2shim import V2WriteShim
 from soclab.wire import logs
+from soclab.wire.mqtt import MqttSettings
 
 log = logging.getLogger("soclab.dev.lab")
 
@@ -103,16 +104,18 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() >= next_query:
                 view.refresh_stored()
                 next_query = time.monotonic() + 3.0
+            failed = children.failed()
+            view.problems = [
+                f"{name} exited with code {code}: see {var / 'logs' / name}.log" for name, code in failed
+            ]
             view.show()
-            for name, code in children.failed():
-                print(f"! {name} exited with code {code}: see {var / 'logs' / name}.log", flush=True)
             time.sleep(1.0)
     print("lab stopped; nothing left running. Data and logs are in", args.var)
     return 0
 
 
 @contextlib.contextmanager
-def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LiveView, Children]]:
+def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LabView, Children]]:
     """Start everything in order; stop it all in reverse order, whatever happens."""
     children = Children(var / "logs")
     with contextlib.ExitStack() as stack:
@@ -138,7 +141,7 @@ def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LiveView, Childr
         _start_simulated_lab(settings, var, children, env)
         for name, table in settings.instruments.items():
             _start_publisher(name, table, var, children, env)
-        view = LiveView(broker_host, broker_port, stored_counts)
+        view = LabView(_view_mqtt(settings, broker_host, broker_port), stored_counts)
         view.start()
         stack.callback(view.stop)
         yield view, children
@@ -149,6 +152,13 @@ def _broker(settings: LabSettings, var: Path, stack: contextlib.ExitStack) -> tu
         return settings.mqtt["host"], int(settings.mqtt.get("port", 1883))
     broker = stack.enter_context(Mosquitto(var / "mosquitto"))
     return broker.host, broker.port
+
+
+def _view_mqtt(settings: LabSettings, host: str, port: int) -> MqttSettings:
+    """How the live view reaches the broker: ``[mqtt]``'s other keys (a monitor account's user
+    name, ``password_file``, TLS files) on a real broker; nothing more on the local one."""
+    table = {k: v for k, v in settings.mqtt.items() if k not in ("host", "port")}
+    return MqttSettings(host=host, port=port, **table).with_password({}, "SOCLAB_MQTT_PASSWORD")
 
 
 def _database(settings: LabSettings, var: Path, stack: contextlib.ExitStack) -> tuple[dict[str, str], Any]:
@@ -235,6 +245,7 @@ def _start_publisher(
         extra["SOCLAB_INSTRUMENT_PORT"] = table.get("port") or str(var / "dev" / name)
     elif name == "labjack":
         extra["SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE"] = str(var / "battery.state")
+    extra.update(table.get("env", {}))  # this publisher's own (e.g. its account on a real broker)
     children.start(name, ["-m", "soclab.edge.publisher", "--config", str(config)], env=extra)
 
 
