@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,12 @@ class MpptSimulator(WireSimulator):
         }
         self._publish_default = publish
         self._other_conf: dict[str, Any] = {}  # settings stored and read back, not acted on
+        # The controller's state; _reboot() sets it (at power-up and after a reset).
+        self._boot_t = self._last_t_s = self._next_pub = 0.0
+        self._load_en = self._cv_limited = self._booted = False
+        self._pub_en = publish
+        self._inputs: dict[str, bool] = {}
+        self._energy: dict[str, float] = {}
         self._tree, self._lists, self._functions = self._build_tree()
         self._booted = False
         self._reboot()
@@ -323,7 +330,7 @@ class MpptSimulator(WireSimulator):
         lacks = _BOARD_LACKS.get(d.name, set())
         for it in d.items:
             if it.field not in lacks:
-                put(it.group, it.name, _Item(lambda f=it.field: self._values()[f], None, _type_of(it.field)))
+                put(it.group, it.name, _Item(partial(self._field_value, it.field), None, _type_of(it.field)))
         identity = {
             "serial_number": self.device_id,
             "manufacturer": "Libre Solar",
@@ -332,37 +339,41 @@ class MpptSimulator(WireSimulator):
             "firmware_version": self.firmware_version,
         }
         for role, (group, name) in d.identity.items():
-            put(group, name, _Item(lambda v=identity[role]: v, None, str))
+            put(group, name, _Item(partial(_constant, identity[role]), None, str))
         if d.name == "v0.4":
             url = "https://files.libre.solar/tsm/cc-4.json"
-            put("info", "MetadataURL", _Item(lambda: url, None, str))
+            put("info", "MetadataURL", _Item(partial(_constant, url), None, str))
         for key, (group, name) in d.inputs.items():
-            put(
-                group,
-                name,
-                _Item(lambda k=key: self._inputs[k], lambda v, k=key: self._set_input(k, v), bool),
-            )
+            put(group, name, _Item(partial(self._input_value, key), partial(self._set_input, key), bool))
         roles = {where: role for role, where in d.conf.items()}
-        table = [(d.conf_group, name, default) for name, default in _V21_CONF] if d.name == "v21" else []
-        if not table:  # the later generations: the settings soclab knows by role
+        table: list[tuple[str, str, Any]] = [(d.conf_group or "conf", name, v) for name, v in _V21_CONF]
+        if d.name != "v21":  # the later generations: the settings soclab knows by role
             table = [(group, name, None) for group, name in d.conf.values()]
         for group, name, default in table:
-            assert group is not None
-            role = roles.get((group, name))
-            if role is not None:
-                kind = bool if isinstance(self._conf[role], bool) else float
-                item = _Item(lambda r=role: self._conf_value(r), lambda v, r=role: self._set_conf(r, v), kind)
+            conf_role = roles.get((group, name))
+            if conf_role is not None:
+                kind: type = bool if isinstance(self._conf[conf_role], bool) else float
+                item = _Item(partial(self._conf_value, conf_role), partial(self._set_conf, conf_role), kind)
             else:
                 self._other_conf[name] = default
                 kind = type(default) if isinstance(default, bool | int) else float
-                item = _Item(
-                    lambda n=name: self._other_conf[n], lambda v, n=name: self._set_other(n, v), kind
-                )
+                read = partial(self._other_conf.__getitem__, name)
+                item = _Item(read, partial(self._set_other, name), kind)
             put(group, name, item)
         group, name = d.pub_enable
-        put(group, name, _Item(lambda: self._pub_en, self._set_pub, bool))
-        lists = {d.pub_names: lambda: [d.key(i.group, i.name) for i in d.published]}
+        put(group, name, _Item(self._pub_value, self._set_pub, bool))
+        published = [d.key(i.group, i.name) for i in d.published if i.field not in lacks]
+        lists: dict[str, Callable[[], list[str]]] = {d.pub_names: partial(list, published)}
         return tree, lists, {d.reset: self._reset_request}
+
+    def _field_value(self, field: str) -> Any:
+        return self._values()[field]
+
+    def _input_value(self, key: str) -> bool:
+        return self._inputs[key]
+
+    def _pub_value(self) -> bool:
+        return self._pub_en
 
     def _set_other(self, name: str, value: Any) -> None:
         self._other_conf[name] = value
@@ -536,6 +547,10 @@ def _as_sent(name: str, value: Any) -> Any:
     if not decimals:  # integer items, and "%.0f", which reads back as a JSON integer
         return round(value)
     return round(float(value), decimals)
+
+
+def _constant(value: Any) -> Any:
+    return value
 
 
 def _type_of(field: str) -> type:

@@ -71,13 +71,14 @@ class LabJackDriver(Instrument):
         self.device_type = options.device_type
         self.connection_type = options.connection_type
         self.identifier = options.identifier
+        self.backend_name: str
         if backend is None:
             self.backend_name = options.backend
             backend = load_backend(options.backend)
             if options.standin is not None:
                 backend.configure_from_config(options.standin)  # type: ignore[attr-defined]
         else:
-            self.backend_name = getattr(backend, "__name__", "custom")
+            self.backend_name = str(getattr(backend, "__name__", "custom"))
         self._ljm: LJMBackend = backend
         self._code_names = code_names(self._ljm)
         self._fields = [(name, spec.calibration) for name, spec in self.channels.items()]
@@ -170,6 +171,7 @@ class LabJackDriver(Instrument):
     def _configure(self) -> None:
         settings = [s for spec in self.channels.values() for s in spec.settings()]
         if self.mode == "stream":
+            assert self._handle is not None  # _open set it
             try:  # a stream left running (a crashed process) would refuse eStreamStart
                 self._ljm.eWriteName(self._handle, "STREAM_ENABLE", 0)
             except self._ljm.LJMError as exc:

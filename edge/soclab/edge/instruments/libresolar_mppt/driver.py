@@ -468,14 +468,13 @@ class MpptDriver(Instrument):
                 self._dialect = dialect
 
     def _require_dialect(self, timeout: float | None) -> Dialect:
-        with self._lock:
-            if self._dialect is not None:
-                return self._dialect
+        """The dialect, waiting (reading the line) up to the time-out for a publication to tell it."""
         self._link.pump_until(lambda: self._dialect is not None, time.monotonic() + self._timeout(timeout))
         with self._lock:
-            if self._dialect is None:
-                raise DialectUnknown("no publication or identity has told the firmware generation yet")
-            return self._dialect
+            dialect = self._dialect
+        if dialect is None:
+            raise DialectUnknown("no publication or identity has told the firmware generation yet")
+        return dialect
 
     def _learn_identity(self) -> None:
         """Ask the controller who it is. Never fatal (identity may stay partial) unless the port is lost."""
