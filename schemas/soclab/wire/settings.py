@@ -57,11 +57,15 @@ def load_section(
     env: Mapping[str, str] | None = None,
     prefix: str | None = None,
     refused: Mapping[str, str] | None = None,
+    ignore_unknown_variables: bool = False,
 ) -> T:
     """``cls`` from the table ``[where]`` with the variables ``<prefix><KEY>`` of ``env`` over it.
 
     ``refused`` maps keys that must come neither from the file nor from a variable here (secrets,
-    which the caller reads) to the message that says where they come from instead.
+    which the caller reads) to the message that says where they come from instead. A variable
+    with the prefix that names no setting is an error (a typo would pass unseen), unless
+    ``ignore_unknown_variables``: for processes that share their environment with others whose
+    sections have more keys (an operator's command beside a publisher's ``SOCLAB_MQTT_*``).
     """
     refused = refused or {}
     if table is None:
@@ -83,7 +87,12 @@ def load_section(
                 continue
             if not all(path):
                 raise ConfigError(f"{variable}: an empty name between '__'")
-            target = _type_at(info, path, where, variable)
+            try:
+                target = _type_at(info, path, where, variable)
+            except ConfigError:
+                if ignore_unknown_variables:
+                    continue
+                raise
             _put(merged, path, _from_text(env[variable], target, variable), variable, where)
             origins[path] = f"{variable}={env[variable]!r}"
     _check_known(info, merged, where)
@@ -102,9 +111,18 @@ def section(
     *,
     refused: dict[str, str] | None = None,
 ) -> Any:
-    """``[name]`` of a process whose variables start with ``prefix`` (``SOCLAB_``: ``SOCLAB_MQTT_HOST``);
-    untyped, for a table of sections of several classes (``load_section`` keeps the type)."""
-    return load_section(cls, table, where=name, env=env, prefix=f"{prefix}{name.upper()}_", refused=refused)
+    """``[name]`` of a process whose variables start with ``prefix`` (``SOCLAB_``: ``SOCLAB_MQTT_HOST``),
+    ignoring variables that name no setting of ``cls`` (as before ``load_section`` existed); untyped,
+    for a table of sections of several classes (``load_section`` keeps the type)."""
+    return load_section(
+        cls,
+        table,
+        where=name,
+        env=env,
+        prefix=f"{prefix}{name.upper()}_",
+        refused=refused,
+        ignore_unknown_variables=True,
+    )
 
 
 def parse(text: str, kind: type, where: str) -> Any:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from soclab.edge.instruments import UnknownKind, kind, kinds
 from soclab.edge.instruments.kinds import Options
 from soclab.wire import Topic, TopicError
 from soclab.wire.mqtt import MqttSettings
-from soclab.wire.settings import ConfigError, read_toml, section
+from soclab.wire.settings import ConfigError, load_section, read_toml
 
 __all__ = ["EXAMPLE", "ConfigError", "PublisherConfig", "load"]
 
@@ -108,8 +109,15 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
     unknown = set(raw) - set(_SECTIONS) - {"instrument", "log_level"}
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}, instrument")
-    sections = {
-        name: section(name, cls, raw.get(name, {}), env, "SOCLAB_", refused=_REFUSED.get(name))
+    sections: dict[str, Any] = {  # a variable naming no setting is a typo here: an error
+        name: load_section(
+            cls,
+            raw.get(name, {}),
+            where=name,
+            env=env,
+            prefix=f"SOCLAB_{name.upper()}_",
+            refused=_REFUSED.get(name),
+        )
         for name, cls in _SECTIONS.items()
     }
     sections["mqtt"] = sections["mqtt"].with_password(env, "SOCLAB_MQTT_PASSWORD")
