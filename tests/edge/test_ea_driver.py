@@ -411,6 +411,33 @@ def test_control_moves_the_battery(driver: EaLoadDriver, sim: EaLoadSimulator, b
     assert not sim.remote_on
 
 
+def test_power_and_voltage_set_values_limit_the_current(
+    driver: EaLoadDriver, sim: EaLoadSimulator, battery: Battery
+) -> None:
+    """The load sinks the least its three set values allow: I, P / U_in, and what holds its input
+    at the set voltage (12.5 V open circuit, 50 mOhm: the battery sits at 12.5 - 0.05 * I)."""
+    assert driver.read_control() == Control(remote=False, input_on=False)
+    driver.remote(True)
+    driver.set_current(10.0)
+    driver.input(True)
+    wait_until(lambda: abs(battery.current_of("eload") + 10.0) < 0.01, what="10 A (its word: 10.0008 A)")
+    driver.set_power(60.0)  # I = 60 / (12.5 - 0.05 I): 4.898 A
+    wait_until(lambda: abs(battery.current_of("eload") + 4.898) < 0.01, what="60 W")
+    driver.set_voltage(12.4)  # CV: (12.5 - 12.4) / 0.05 = 2 A
+    wait_until(lambda: abs(battery.current_of("eload") + 2.0) < 0.01, what="the input held at 12.4 V")
+    setpoints = driver.read_setpoints()  # as the device holds them: words of 1/25600 of nominal
+    assert setpoints == Setpoints(
+        voltage_v=pytest.approx(12.4, abs=0.01),
+        current_a=pytest.approx(10.0, abs=0.01),
+        power_w=pytest.approx(60.0, abs=0.02),
+    )
+    assert driver.read_control() == Control(remote=True, input_on=True)
+    driver.set_voltage(13.0)  # above the battery: nothing to take
+    wait_until(lambda: battery.current_of("eload") == 0.0, what="no current above the set voltage")
+    driver.input(False)
+    assert driver.read_control() == Control(remote=True, input_on=False)
+
+
 def test_set_values_need_remote(driver: EaLoadDriver, sim: EaLoadSimulator) -> None:
     with pytest.raises(tg.AccessDenied):
         driver.set_current(2.0)

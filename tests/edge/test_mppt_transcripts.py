@@ -16,6 +16,8 @@ from transcript import THINGSET, Exchange, Transcript, Unsolicited, Vanish, thin
 
 from soclab.edge.instruments import kind
 from soclab.edge.instruments.base import ConnectionLost, Reading
+from soclab.edge.instruments.libresolar_mppt import codec
+from soclab.edge.instruments.libresolar_mppt.codec import Response
 from soclab.edge.instruments.libresolar_mppt.driver import (
     BadRequest,
     ChargeLimits,
@@ -28,7 +30,7 @@ from soclab.edge.instruments.libresolar_mppt.driver import (
     Unauthorized,
     Unsupported,
 )
-from soclab.edge.instruments.libresolar_mppt.fields import DIALECTS
+from soclab.edge.instruments.libresolar_mppt.fields import DIALECTS, map_items
 from soclab.edge.instruments.libresolar_mppt.options import MpptOptions
 
 V21 = THINGSET / "v21.0-transcript.txt"
@@ -399,3 +401,32 @@ def test_bad_options_name_the_setting(table: dict[str, Any], env: dict[str, str]
     with pytest.raises(ConfigError) as error:
         kind("mppt").load_options(table, env)
     assert message in str(error.value)
+
+
+def test_shipped_configurations_ask_only_for_what_the_real_board_has() -> None:
+    """The lab's publisher, the Ansible role's default and the edge example ask for extras that the
+    real v21.0 build for the MPPT-1210-HUS answers (its "?output"): no mosfet_degc."""
+    import tomllib
+
+    import yaml
+
+    from soclab.edge.publisher.config import EXAMPLE
+
+    answers = {step.write: step.answer for step in thingset_steps(V21) if isinstance(step, Exchange)}
+    output = codec.parse_line(answers[b"?output\n"])
+    assert isinstance(output, Response)
+    offered = set(map_items(output.payload, DIALECTS["v21"]).values)
+    repo = THINGSET.parents[2]
+    shipped = {
+        "dev/lab/publishers/mppt.toml": tomllib.loads(
+            (repo / "dev/soclab/dev/lab/publishers/mppt.toml").read_text()
+        ),
+        "the edge example": tomllib.loads(EXAMPLE.read_text()),
+        "the Ansible role": yaml.safe_load((repo / "ansible/roles/soclab_edge/vars/main.yml").read_text())[
+            "soclab_edge_kinds"
+        ]["mppt"],
+    }
+    for where, config in shipped.items():
+        extras = set(config["instrument"]["extra_fields"])
+        assert extras, where
+        assert extras <= offered, (where, extras - offered)

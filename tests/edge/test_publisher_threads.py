@@ -4,9 +4,9 @@ the sender's; the instrument's health is read as a snapshot while other threads 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
