@@ -204,6 +204,49 @@ def test_the_simulator_publishes_each_dialect(tmp_path: Path) -> None:
             assert port.readline().startswith(start), dialect
 
 
+def test_the_simulator_reset_does_not_answer_and_reboots(tmp_path: Path) -> None:
+    sim = MpptSimulator(Battery(), tmp_path / "mppt", dialect="v21", publish=False, load_enabled=False)
+    # open before the simulator starts: pyserial's open flushes what is already waiting
+    with serial.Serial(str(tmp_path / "mppt"), 115200, timeout=WAIT_S) as port, sim:
+        for boot in range(2):  # the banner at power-up, then the one after the reset
+            assert port.readline().startswith(b"*** Booting Zephyr OS")
+            assert port.readline() == b"Hardware: Libre Solar MPPT 1210 HUS (v0.7.1)\n"
+            assert port.readline() == b"Firmware: v21.0\n"
+            if boot == 0:
+                port.write(b'=input {"LoadEn":true}\n')
+                assert port.readline() == b":84 Changed.\n"
+                port.write(b"!exec/reset\n")  # no response: the banner is the next line
+        port.write(b"?input\n")  # the switches are back at their defaults
+        assert port.readline() == b':85 Content. {"LoadEn":false,"UsbEn":true,"DcdcEn":true}\n'
+
+
+def test_the_simulator_stops_and_resumes_its_publication(tmp_path: Path) -> None:
+    sim = MpptSimulator(Battery(), tmp_path / "mppt", dialect="v21", banner=False, period_s=0.05)
+    with serial.Serial(str(tmp_path / "mppt"), 115200, timeout=WAIT_S) as port, sim:
+        assert port.readline().startswith(b"# {")
+        port.write(b'=pub/serial {"Enable":false}\n')
+        while (line := port.readline()) != b":84 Changed.\n":
+            assert line.startswith(b"# {")  # sent before the request arrived
+        port.timeout = 0.3
+        assert port.readline() == b""  # six periods: nothing
+        port.timeout = WAIT_S
+        port.write(b'=pub/serial {"Enable":true}\n')
+        assert port.readline() == b":84 Changed.\n"
+        assert port.readline().startswith(b"# {")
+
+
+def test_request_echo_and_crc(lab: Callable[..., Rig]) -> None:
+    """The firmware's debug echo of each request is ignored; v0.6 CRCs are checked on every line."""
+    rig = lab("v21", echo_requests=True, crc=True)
+    driver = rig.driver
+    assert driver.identity()["model"] == "MPPT 1210 HUS"  # responses carry a CRC
+    assert driver.read_items("output", ["SOC_pct"]) == {"SOC_pct": 60}
+    readings = wait_until(lambda: driver.read(0.5), "a sample with a CRC")
+    assert readings[0].values["soc_pct"] == 60
+    assert driver.health.counters["lines_ignored"] >= 2  # "Received Request (...)" echoes
+    assert driver.health.counters.get("parse_errors", 0) == 0
+
+
 # --- driver and simulator on a pty ---------------------------------------------------------------------
 @pytest.mark.parametrize("dialect", DIALECT_NAMES)
 def test_samples_carry_the_batterys_values(lab: Callable[..., Rig], dialect: str) -> None:

@@ -9,6 +9,7 @@ not expect, and on any step left unused.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytest
@@ -188,6 +189,25 @@ def test_v04_transcript_end_to_end_with_the_temperatures() -> None:
     assert (counters["extra_reads"], counters.get("extra_errors", 0)) == (1, 0)
 
 
+def test_read_fields_maps_every_group_the_firmware_has() -> None:
+    answers = {step.write: step for step in thingset_steps(V04) if isinstance(step, Exchange)}
+    port = Transcript(
+        [*thingset_steps(V04)[:1], *(answers[f"?{g}\n".encode()] for g in ("meas", "state", "rec"))]
+    )
+    driver = mppt(port)
+    driver.open()
+    values = driver.read_fields()
+    port.assert_done()
+    assert (values["int_degc"], values["bat_w"], values["ambient_degc"], values["chg_state"]) == (
+        27.8,
+        13.82,
+        21.0,
+        1,
+    )
+    assert (values["deep_dis_count"], values["dis_ah"]) == (2, 4)
+    assert not {"mosfet_degc", "bat_degc"} & set(values)
+
+
 def test_v04_charge_limits_name_its_items_and_refuse_what_it_lacks() -> None:
     port = Transcript([
         *thingset_steps(V04)[:1],
@@ -199,6 +219,21 @@ def test_v04_charge_limits_name_its_items_and_refuse_what_it_lacks() -> None:
     with pytest.raises(Unsupported, match="topping_cutoff_a"):
         driver.set_charge_limits(voltage_v=14.0, topping_cutoff_a=0.5)  # nothing is sent
     port.assert_done()
+
+
+def test_extras_come_every_interval_not_with_every_sample() -> None:
+    pub = Unsolicited(b'# {"Uptime_s":1,"Bat_V":12.51}\n')
+    ask = Exchange(b'?output ["Int_degC"]\n', b":85 Content. [27.3]\n")
+    port = Transcript([*thingset_steps(V21)[:1], pub, ask, pub, pub, ask])
+    driver = mppt(port, extra_fields=("int_degc",), extra_every_s=1.0)
+    driver.open()
+    first = read_all(driver, 1)[0]
+    second = read_all(driver, 1)[0]  # within the second: no request
+    time.sleep(1.1)  # not a timing assertion: the interval has passed for sure
+    third = read_all(driver, 1)[0]
+    port.assert_done()
+    assert ["int_degc" in r.values for r in (first, second, third)] == [True, False, True]
+    assert driver.health.counters["extra_reads"] == 2
 
 
 def test_an_extra_the_board_lacks_is_asked_once_per_controller(caplog: pytest.LogCaptureFixture) -> None:
