@@ -280,7 +280,7 @@ class EaLoadDriver(Instrument):
         if not all(math.isfinite(x) and x > 0 for x in nominal):
             raise tg.TelegramError(f"implausible nominal values {nominal}")
         self._nominal = (nominal[0], nominal[1], nominal[2])
-        self._identity = {  # the lock is held: _open
+        self._identity = {
             "vendor": "Elektro-Automatik",
             "model": model,
             "serial_number": serial_number,
