@@ -30,12 +30,13 @@ from soclab.dev.lab.view import LabView
 from soclab.dev.localservices.influxdb import InfluxDB1
 from soclab.dev.localservices.mosquitto import Mosquitto
 from soclab.dev.localservices.v2shim import V2WriteShim
+from soclab.edge.instruments import KINDS, kinds
 from soclab.wire import logs
 from soclab.wire.mqtt import MqttSettings
 
 log = logging.getLogger("soclab.dev.lab")
 
-INSTRUMENTS = ("mppt", "eload", "labjack")
+INSTRUMENTS = kinds()  # the registry's (soclab.edge.instruments)
 LOCAL_DB = "soclab"
 
 
@@ -176,7 +177,7 @@ def _database(settings: LabSettings, var: Path, stack: contextlib.ExitStack) -> 
 
     def stored_counts() -> dict[str, int]:
         counts = {}
-        for series in db.query("SELECT count(seq) FROM mppt, eload, labjack", db=LOCAL_DB):
+        for series in db.query(f"SELECT count(seq) FROM {', '.join(INSTRUMENTS)}", db=LOCAL_DB):
             counts[series["name"]] = int(series["values"][0][1])
         return counts
 
@@ -202,7 +203,7 @@ def _publisher_env(settings: LabSettings, var: Path, host: str, port: int) -> di
 
 
 def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, env: dict[str, str]) -> None:
-    wire = [n for n in settings.simulated() if n in ("mppt", "eload")]
+    wire = [n for n in settings.simulated() if KINDS[n].simulator]
     sim = settings.simulation
     args = [
         "-m",
@@ -241,9 +242,9 @@ def _start_publisher(
     extra = dict(env)
     if table.get("config"):
         pass  # the lab engineer's own publisher configuration, as it is (site, node, broker aside)
-    elif name in ("mppt", "eload"):
+    elif KINDS[name].transport == "serial":  # a real port, or the simulator's pty
         extra["SOCLAB_INSTRUMENT_PORT"] = table.get("port") or str(var / "dev" / name)
-    elif name == "labjack":
+    elif KINDS[name].transport == "ljm":  # the LJM stand-in, fed by the simulated lab's battery
         extra["SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE"] = str(var / "battery.state")
     extra.update(table.get("env", {}))  # this publisher's own (e.g. its account on a real broker)
     children.start(name, ["-m", "soclab.edge.publisher", "--config", str(config)], env=extra)
