@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("soclab.tools.analysis.export", "a run or time range as BDF CSV and Parquet"),
     "report": ("soclab.tools.analysis.report", "a self-contained HTML (and PNG) report of a run"),
+    "watch": ("soclab.tools.watch.cli", "live monitor: devices, bridges, alerts (--json, --status)"),
 }
 
 
