@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
+from analysiskit import NODE, SITE, Recorded
 
 from soclab.cloud.bridge import Bridge, BridgeConfig, InfluxConfig, MqttConfig
 from soclab.dev.data import RECORDING
@@ -21,19 +21,6 @@ from soclab.tools import replay
 from soclab.tools.influx import InfluxSettings
 
 WAIT_S = 60.0
-SITE, NODE = "lab-rec", "pi-rec"
-
-
-@dataclass(frozen=True)
-class Recorded:
-    server: InfluxDB1
-    influx: InfluxSettings
-    recording: replay.Recording
-    start_ns: int
-    end_ns: int
-
-    def count(self, q: str) -> int:
-        return sum(int(v[1] or 0) for s in self.server.query(q, db=self.influx.bucket) for v in s["values"])
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NODE, SITE, Recorded
+from analysiskit import NODE, SITE, Recorded
 
 from soclab.tools import analysis
 from soclab.tools.analysis import analyse_command, export, report
