@@ -155,3 +155,18 @@ def test_settings_come_from_the_file_and_the_environment(tmp_path) -> None:
         load_settings(None, env={"SOCLAB_BATTERY_CAPACITY_AH": "lots"})
     with pytest.raises(ConfigError, match="unknown instrument kind"):
         load_settings(None, env={"SOCLAB_ANALYSIS_REFERENCE": "multimeter"})
+
+
+def test_the_eload_counter_is_checked_over_each_discharge_only() -> None:
+    amps = np.concatenate([np.full(100, -0.001), np.full(360, -2.0), np.full(100, -0.001)])  # rests: noise
+    data = dataset(amps, np.full(len(amps), 12.0))
+    t = data.frames["labjack"].index.to_numpy()[::2]  # the e-load, polled more slowly
+    counter = np.clip((t / S - 100) * 2 / 3600, 0, 0.2)  # 2 A from 100 s to 460 s
+    data.frames["eload"] = pd.DataFrame({"ah": counter}, index=pd.Index(t, name="t_ns"))
+    data.devices["eload"] = "el"
+    result = analyse(data, BatterySettings(rest_min_s=50), AnalysisSettings(min_step_s=10))
+    assert result.steps["kind"].tolist() == ["rest", "discharge", "rest"]
+    (check,) = result.eload
+    assert check.step == 2
+    assert check.eload_ah == pytest.approx(0.2)
+    assert abs(check.difference_pct) < 0.5

@@ -100,7 +100,7 @@ def analyse(
         cycles=cycle_table(steps),
         agreement=per_step(data, ref, segs, options),
         fits=fits(data, ref, segs, options),
-        eload=eload_checks(data, ref, segs),
+        eload=eload_checks(data, ref, segs, steps["kind"].tolist()),
         problems=list(ref.problems),
     )
 

@@ -160,15 +160,16 @@ def _robust_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray
     return float(gain), float(offset), kept
 
 
-def eload_checks(data: Dataset, ref: Reference, segs: list[Segment]) -> list[EloadCheck]:
+def eload_checks(data: Dataset, ref: Reference, segs: list[Segment], kinds: list[str]) -> list[EloadCheck]:
+    """Each discharge step (``kinds``: the step table's) bracketed by the e-load's counter."""
     counter = data.values("eload", "ah")
     if counter.empty:
         return []
     t = counter.index.to_numpy(dtype=np.int64)
     found = []
-    for seg in segs:
-        if _net_ah(ref, seg) >= 0:
-            continue  # not a discharge
+    for seg, kind in zip(segs, kinds, strict=True):
+        if kind != "discharge":
+            continue
         before = np.searchsorted(t, seg.start_ns, side="right") - 1
         after = np.searchsorted(t, seg.end_ns, side="left")
         if before < 0 or after >= len(t):
@@ -224,9 +225,3 @@ def _steady(index: pd.Index, seg: Segment, segs: list[Segment], tolerance_s: flo
     upper = (t <= seg.end_ns - margin) if not last else (t <= seg.end_ns)
     steady: np.ndarray = (t >= seg.start_ns + margin) & upper
     return steady
-
-
-def _net_ah(ref: Reference, seg: Segment) -> float:
-    charged = np.diff(ref.at("charged_ah", [seg.start_ns, seg.end_ns]))[0]
-    discharged = np.diff(ref.at("discharged_ah", [seg.start_ns, seg.end_ns]))[0]
-    return float(charged - discharged)
