@@ -8,6 +8,7 @@ own time window (none lost, none doubled, no process crashed; ``conftest`` keeps
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import os
@@ -21,11 +22,12 @@ from typing import Any
 import pytest
 from pipeline import ATTACK_NODE, NODE, Attacker, Pipeline, assert_harmless, unfixed
 
-from soclab.dev.lab.view import LiveView
+from soclab.dev.lab.view import LabView
 from soclab.dev.sim.steady import SteadyInstrument
 from soclab.edge.publisher.config import load as load_publisher_config
 from soclab.edge.publisher.service import Publisher
 from soclab.tools import replay
+from soclab.wire.mqtt import MqttSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -193,13 +195,13 @@ def test_finding_10_a_dead_letter_is_counted_once(lab: Pipeline, record: Callabl
     assert counted() == 1
 
 
-@unfixed(10, "the live view's thread dies on a malformed message")
 def test_finding_10_the_live_view_survives_malformed_messages(lab: Pipeline, record: Callable) -> None:
     since = lab.marks()
-    view = LiveView(lab.broker.host, lab.broker.port)
+    view = LabView(MqttSettings(host=lab.broker.host, port=lab.broker.port), stream=io.StringIO())
     view.start()
+    devices = view.model.devices
     try:
-        assert wait_until(lambda: f"{NODE}/mppt" in view.devices), "the view saw nothing"
+        assert wait_until(lambda: f"{lab.site}/{NODE}/mppt" in devices), "the view saw nothing"
         malformed = [
             (lab.topic("evil"), b'{"samples": ["x", 1, null]}'),
             (lab.topic("evil"), b'{"samples": [{"seq": "one"}], "source": []}'),
@@ -213,13 +215,15 @@ def test_finding_10_the_live_view_survives_malformed_messages(lab: Pipeline, rec
         with Attacker(lab.settings("liar")) as liar:  # then a valid message of another device
             good = data(lab, "liar", [{"seq": 400, "t_ns": time.time_ns(), "values": {"bat_v": 1.0}}])
             liar.publish(lab.topic("liar"), encoded(good))
-        view_alive = wait_until(lambda: view.devices[f"{ATTACK_NODE}/liar"].samples >= 1, timeout_s=5)
-        view.render()
+        liar_key = f"{lab.site}/{ATTACK_NODE}/liar"
+        view_alive = wait_until(lambda: liar_key in devices and devices[liar_key].samples >= 1, timeout_s=5)
+        view.show()
     finally:
         view.stop()
     row = record("10", "malformed data, status and dead letters to the live view", len(malformed), lab, since)
     assert_harmless(row, lab)
     assert view_alive, "the view stopped counting after the malformed messages"
+    assert view.model.malformed_total >= 3
 
 
 # --- the publishers ---------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 - ``secure_broker``: Debian's Mosquitto running ``compose/mosquitto/config`` (TLS, passwords,
   ACL, limits) with only paths and port changed (``Mosquitto.from_project_config``).
 - ``tls_client``: factory of ``serverkit.TlsClient``, closed at teardown.
+- ``monitor_broker``: a secured broker of the test's own whose ACL is the committed one after
+  ``mqtt-user.sh acl-monitor`` granted the monitor accounts (``serverkit.MONITORS``).
 """
 
 from __future__ import annotations
@@ -20,18 +22,24 @@ from serverkit import (
     BRIDGE,
     DEVICES,
     HEALTH,
+    LABJACK,
+    MONITORS,
     MOSQUITTO_CONFIG,
+    ROGUE,
     Account,
     TlsClient,
+    broker_with_monitor,
 )
 
 from soclab.dev.localservices import Mosquitto
 from soclab.dev.localservices.production import make_accounts, make_pki
 
+USERS = (*DEVICES, LABJACK, ROGUE, BRIDGE, HEALTH, *MONITORS)
+
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pki(tmp_path_factory.mktemp("pki"), (*DEVICES, BRIDGE, HEALTH))
+    return make_pki(tmp_path_factory.mktemp("pki"), USERS)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +49,7 @@ def passwd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def accounts(pki: Path, passwd_dir: Path) -> dict[str, Account]:
-    return make_accounts(pki, passwd_dir / "passwd", (*DEVICES, BRIDGE, HEALTH))
+    return make_accounts(pki, passwd_dir / "passwd", USERS)
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +63,14 @@ def secure_broker(
         certs_dir=pki / "server",
     )
     with broker:
+        yield broker
+
+
+@pytest.fixture
+def monitor_broker(
+    tmp_path: Path, pki: Path, passwd_dir: Path, accounts: dict[str, Account]
+) -> Iterator[Mosquitto]:
+    with broker_with_monitor(tmp_path, pki, passwd_dir) as broker:
         yield broker
 
 

@@ -8,8 +8,12 @@ is bounded by ``WAIT_S``.
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import shutil
 import ssl
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from soclab.dev.localservices.production import (  # noqa: F401 - the server tes
     MAKE_CERTS,
     MOSQUITTO_CONFIG,
     MOSQUITTO_PASSWD,
+    REPO,
     Account,
     make_certs,
 )
@@ -31,6 +36,14 @@ QUIET_S = 0.5  # how long to wait for something that should not happen, after a 
 DEVICES = ("lab1/pi-01/mppt", "lab1/pi-01/eload")
 BRIDGE = "soclab-bridge"
 HEALTH = "soclab-health"  # the bridge's health check
+LABJACK = "lab1/pi-01/labjack"  # the third device of the simulated lab (test_watch_tls)
+ROGUE = "lab1/pi-01/rogue"  # a device account that misbehaves (no publisher runs under it)
+# Monitor accounts, granted by mqtt-user.sh (broker_with_monitor). One per connection that may be
+# open at the same time: the broker may bind a connection to its account (one each).
+MONITOR_NAMES = ("watch", "lab", "reader", "script")
+MONITORS = tuple(f"monitor/{name}" for name in MONITOR_NAMES)
+MONITOR = MONITORS[0]
+MQTT_USER_SH = REPO / "compose" / "mosquitto" / "mqtt-user.sh"
 
 
 class TlsClient:
@@ -122,6 +135,27 @@ def connack(client: mqtt.Client, broker: Mosquitto, events: queue.Queue[tuple[st
     except queue.Empty:
         pytest.fail(f"neither CONNACK nor disconnection from {broker} after {WAIT_S} s")
     return reason if kind == "connack" else None
+
+
+@contextlib.contextmanager
+def broker_with_monitor(folder: Path, pki: Path, passwd_dir: Path) -> Iterator[Mosquitto]:
+    """The secured broker, its ACL the committed one after ``mqtt-user.sh acl-monitor`` granted
+    the ``MONITORS`` (as on a server), running in ``folder``."""
+    compose = folder / "compose"
+    shutil.copytree(MOSQUITTO_CONFIG, compose / "mosquitto" / "config")
+    shutil.copy(MQTT_USER_SH, compose / "mosquitto" / "mqtt-user.sh")
+    script = compose / "mosquitto" / "mqtt-user.sh"
+    for name in MONITOR_NAMES:
+        grant = ["sh", str(script), "acl-monitor", name]
+        subprocess.run(grant, check=True, capture_output=True, timeout=30)
+    broker = Mosquitto.from_project_config(
+        folder / "mosquitto",
+        config_dir=compose / "mosquitto" / "config",
+        passwd_dir=passwd_dir,
+        certs_dir=pki / "server",
+    )
+    with broker:
+        yield broker
 
 
 def broker_ca(broker: Mosquitto) -> Path:

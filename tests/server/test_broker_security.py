@@ -24,6 +24,7 @@ from serverkit import (
     BRIDGE,
     DEVICES,
     HEALTH,
+    MONITOR,
     MOSQUITTO_CONFIG,
     QUIET_S,
     Account,
@@ -190,19 +191,20 @@ def test_the_bridge_reads_every_device(
 
 
 # What each account's own software asks for as its client id: the bridge's default for id
-# "server" (compose), the publisher's default, the health check's.
-CONFIGURED_IDS = {
-    BRIDGE: "soclab-bridge-server",
-    MPPT: "soclab-lab1-pi-01-mppt",
-    ELOAD: "soclab-lab1-pi-01-eload",
-    HEALTH: "soclab-bridge-server-health",
-}
-READS = {  # a topic each account may read
-    BRIDGE: "soclab/+/+/+/data",
-    MPPT: f"soclab/{MPPT}/stored",
-    ELOAD: f"soclab/{ELOAD}/stored",
-    HEALTH: "soclab-bridge/+/status",
-}
+# "server" (compose), the publishers' default, the health check's, a monitor's (soclab watch).
+CONFIGURED_IDS = {BRIDGE: "soclab-bridge-server", HEALTH: "soclab-bridge-server-health"}
+READS = {BRIDGE: "soclab/+/+/+/data", HEALTH: "soclab-bridge/+/status"}  # a topic each may read
+ATTACKERS = (MPPT, BRIDGE, HEALTH, MONITOR)  # one account of each role
+
+
+def configured_id(user: str) -> str:
+    return CONFIGURED_IDS.get(user, "soclab-" + user.replace("/", "-"))
+
+
+def reads(user: str) -> str:
+    if user in READS:
+        return READS[user]
+    return "soclab/#" if user.startswith("monitor/") else f"soclab/{user}/stored"
 
 
 def test_no_account_can_take_over_another_accounts_connection(
@@ -213,11 +215,11 @@ def test_no_account_can_take_over_another_accounts_connection(
     victim stays connected. Positive control: a second connection of the victim's own account
     does end the first (one connection per account)."""
     for user, account in accounts.items():
-        victim = tls_client(secure_broker, account, client_id=CONFIGURED_IDS[user], clean_session=False)
+        victim = tls_client(secure_broker, account, client_id=configured_id(user), clean_session=False)
         assert not victim.connect().is_failure
-        assert victim.subscribe(READS[user]) == 1
-        for attacker_user in accounts.keys() - {user}:
-            for client_id in (user, CONFIGURED_IDS[user]):
+        assert victim.subscribe(reads(user)) == 1
+        for attacker_user in set(ATTACKERS) - {user}:
+            for client_id in (user, configured_id(user)):
                 intruder = tls_client(secure_broker, accounts[attacker_user], client_id=client_id)
                 assert not intruder.connect().is_failure, f"{attacker_user} as {client_id!r}"
                 intruder.close()
@@ -237,27 +239,25 @@ def test_no_account_can_delete_the_bridges_persistent_session(
 ) -> None:
     """Finding 2, the quiet half: a clean session under the bridge's client id would delete the
     bridge's session and the messages queued for it while it is away."""
-    bridge = tls_client(
-        secure_broker, accounts[BRIDGE], client_id=CONFIGURED_IDS[BRIDGE], clean_session=False
-    )
+    bridge = tls_client(secure_broker, accounts[BRIDGE], client_id=configured_id(BRIDGE), clean_session=False)
     assert not bridge.connect().is_failure
-    assert bridge.subscribe(READS[BRIDGE]) == 1
+    assert bridge.subscribe(reads(BRIDGE)) == 1
     bridge.close()  # away: the broker keeps the session and queues for it
     device = tls_client(secure_broker, accounts[MPPT])
     assert not device.connect().is_failure
     device.publish(f"soclab/{MPPT}/data", b"queued while the bridge is away")
-    for client_id in (BRIDGE, CONFIGURED_IDS[BRIDGE]):
+    for client_id in (BRIDGE, configured_id(BRIDGE)):
         intruder = tls_client(secure_broker, accounts[ELOAD], client_id=client_id, clean_session=True)
         assert not intruder.connect().is_failure
         intruder.close()
-    back = tls_client(secure_broker, accounts[BRIDGE], client_id=CONFIGURED_IDS[BRIDGE], clean_session=False)
+    back = tls_client(secure_broker, accounts[BRIDGE], client_id=configured_id(BRIDGE), clean_session=False)
     assert not back.connect().is_failure
     assert back.session_present
     message = back.received()
     assert message is not None, "the queued message is gone"
     assert message.payload == b"queued while the bridge is away"
-    back.client.subscribe(READS[BRIDGE], qos=1)  # leave the session as clean as the next test expects
-    back.client.unsubscribe(READS[BRIDGE])
+    back.client.subscribe(reads(BRIDGE), qos=1)  # leave the session as clean as the next test expects
+    back.client.unsubscribe(reads(BRIDGE))
 
 
 def test_tls_with_the_project_ca_and_a_client_certificate_is_required(
