@@ -31,6 +31,9 @@ class MqttConfig(MqttSettings):
     # for this client is the real window (Mosquitto sends no more unacknowledged messages); this
     # is the safety net if the broker allows more: the bridge then stops reading from the socket.
     max_pending_messages: int = 1000
+    # The same for bytes: payloads held, whatever their number (a few huge messages are as bad as
+    # many small ones). One message is always let in, so keep it above [intake] max_payload_bytes.
+    max_pending_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,17 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
+class IntakeConfig:
+    """What the bridge accepts (see ``intake``); the replay tool sizes its messages by these."""
+
+    max_payload_bytes: int = 4 * 1024 * 1024  # larger: dead-lettered unread (broker's limit: 16 MiB)
+    past_s: float = 90 * 86400.0  # live samples at most this old (a spool after a long outage)
+    future_s: float = 300.0  # samples at most this far ahead of the bridge's clock (replays too)
+    max_spread_s: float = 86400.0  # from a message's first to its last sample (replays too)
+    excerpt_bytes: int = 64 * 1024  # a dead letter keeps at most this much of the payload
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     initial_s: float = 0.5  # first pause after a failed write, doubled each time
     max_s: float = 30.0
@@ -68,6 +82,7 @@ class BridgeConfig:
     log_level: str = "INFO"
     batch: BatchConfig = field(default_factory=BatchConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
 
     @property
     def client_id(self) -> str:
@@ -92,6 +107,12 @@ class BridgeConfig:
             "[batch] ms": self.batch.ms,
             "[batch] idle_ms": self.batch.idle_ms,
             "[mqtt] max_pending_messages": self.mqtt.max_pending_messages,
+            "[mqtt] max_pending_bytes": self.mqtt.max_pending_bytes,
+            "[intake] max_payload_bytes": self.intake.max_payload_bytes,
+            "[intake] past_s": self.intake.past_s,
+            "[intake] future_s": self.intake.future_s,
+            "[intake] max_spread_s": self.intake.max_spread_s,
+            "[intake] excerpt_bytes": self.intake.excerpt_bytes,
             "[retry] initial_s": self.retry.initial_s,
             "[retry] max_s": self.retry.max_s,
             "status_interval_s": self.status_interval_s,
@@ -99,6 +120,8 @@ class BridgeConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")
+        if self.mqtt.max_pending_bytes < self.intake.max_payload_bytes:
+            raise ConfigError("[mqtt] max_pending_bytes must be at least [intake] max_payload_bytes")
         return self
 
 
@@ -107,6 +130,7 @@ _SECTIONS: dict[str, type] = {
     "influx": InfluxConfig,
     "batch": BatchConfig,
     "retry": RetryConfig,
+    "intake": IntakeConfig,
 }
 _TOP_LEVEL = {
     "id": str,
