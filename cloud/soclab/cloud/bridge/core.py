@@ -359,13 +359,18 @@ class Core:
             wait = min(wait, self._retry_at - now)
         return max(0.0, wait)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to write: no batch forming, queued or in flight, no telemetry waiting."""
+        return not (self._forming or self._jobs or self._inflight or self.telemetry.pending or self._detached)
+
     def finished(self) -> bool:
         """After ``stop()``: everything written (or given up) and dead letters settled."""
         if not self._stopping:
             return False
         if self._gave_up:
             return True
-        if self._forming or self._jobs or self._inflight or self.telemetry.pending or self._detached:
+        if not self.idle:
             return False
         now = self.clock.monotonic()
         if self._settle_until is None:  # give the broker a moment to confirm dead letters
