@@ -180,17 +180,17 @@ class Intake:
             index = times.index(t_max)
             raise Rejected(
                 f"samples/{index}/t_ns is {(t_max - now_ns) / _NS:.0f} s ahead of the bridge's clock "
-                f"(at most {c.future_s:g} s)"
+                f"(at most {c.future_s:.0f} s)"
             )
         if not replay and t_min < now_ns - c.past_s * _NS:
             index = times.index(t_min)
             raise Rejected(
                 f"samples/{index}/t_ns is {(now_ns - t_min) / _NS:.0f} s old (live data at most "
-                f"{c.past_s:g} s; recorded data goes through a replay)"
+                f"{c.past_s:.0f} s; recorded data goes through a replay)"
             )
         if t_max - t_min > c.max_spread_s * _NS:
             raise Rejected(
-                f"samples span {(t_max - t_min) / _NS:.0f} s (one message at most {c.max_spread_s:g} s)"
+                f"samples span {(t_max - t_min) / _NS:.0f} s (one message at most {c.max_spread_s:.0f} s)"
             )
         if len(set(times)) != len(times):
             first: dict[int, int] = {}
