@@ -25,7 +25,7 @@ def message(samples: list[dict[str, Any]], **source: str) -> dict[str, Any]:
 
 
 def lines(m: dict[str, Any]) -> list[str]:
-    return [line.decode() for line in line_protocol(from_valid(m))[0]]
+    return line_protocol(from_valid(m))[0].decode().split("\n")
 
 
 def parsed(line: str) -> tuple[str, dict[str, str], dict[str, Any], int]:
@@ -58,6 +58,27 @@ def test_one_line_per_sample_numbers_as_float_booleans_as_bool_seq_as_integer() 
         f"{head} bat_v=13.0,bat_a=-1.25,load_en=True,tiny=1.5e-07,seq=41i {T0}",
         f"{head} bat_v=12.75,load_en=False,seq=42i {T0 + 1}",
     ]
+
+
+def test_samples_whose_values_come_in_another_order_keep_each_value_with_its_name() -> None:
+    m = message(
+        [
+            {"seq": 1, "t_ns": T0, "values": {"a": 1, "b": 2}},
+            {"seq": 2, "t_ns": T0 + 1, "values": {"b": 3, "a": 4}},
+        ]
+    )
+    assert [line.split(" ")[1] for line in lines(m)] == ["a=1.0,b=2.0,seq=1i", "a=4.0,b=3.0,seq=2i"]
+
+
+def test_a_tag_with_a_percent_sign_is_not_a_placeholder() -> None:
+    typed = from_valid(
+        message([{"seq": 1, "t_ns": T0, "values": {"a": 1}}, {"seq": 2, "t_ns": T0 + 1, "values": {"a": 2}}])
+    )
+    typed.source = Source(site="100%", node="pi-01", device="mppt", kind="mppt")
+    assert (
+        line_protocol(typed)[0].split(b"\n")[1]
+        == f"mppt,device=mppt,node=pi-01,site=100% a=2.0,seq=2i {T0 + 1}".encode()
+    )
 
 
 def test_flags_become_one_string_field() -> None:
@@ -105,7 +126,7 @@ def test_tags_and_measurement_are_escaped_as_influxdb_clients_point_escapes_them
     m = message([{"seq": 1, "t_ns": T0, "values": {"x": 1}}], **source)
     typed = from_valid(message(m["samples"]))
     typed.source = Source(**m["source"])
-    ((line,), _) = line_protocol(typed)
+    line, _ = line_protocol(typed)
     (reference,) = to_points(m)
     assert line.decode().startswith(reference.to_line_protocol().rsplit(" ", 2)[0] + " ")
 
@@ -115,7 +136,7 @@ def test_escaped_tags_read_back_unchanged(influxdb: InfluxTarget) -> None:
     typed = from_valid(m)
     typed.source = Source(site="lab 1,a=b", node="pi 01", device="d,e", kind="mppt")
     with InfluxDBClient(url=influxdb.url, token=influxdb.token, org=influxdb.org) as client:
-        client.write_api(write_options=SYNCHRONOUS).write(influxdb.bucket, record=line_protocol(typed)[0][0])
+        client.write_api(write_options=SYNCHRONOUS).write(influxdb.bucket, record=line_protocol(typed)[0])
     assert influxdb.rows("SELECT * FROM mppt GROUP BY *") == [
         {"time": T0, "site": "lab 1,a=b", "node": "pi 01", "device": "d,e", "x": 1.5, "seq": 1}
     ]

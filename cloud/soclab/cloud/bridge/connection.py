@@ -107,7 +107,8 @@ class MqttBroker:
             manual_ack=True,
             will=Will(status_topic, will_payload),
         )
-        self.client.enable_logger(_PAHO_LOG)
+        if _PAHO_LOG.isEnabledFor(logging.DEBUG):  # paho logs every packet: costly at its rates
+            self.client.enable_logger(_PAHO_LOG)
         self.client.max_inflight_messages_set(100)  # our own publishes: dead letters, confirmations
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect

@@ -43,10 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 from soclab.cloud.bridge.deadletter import dead_letter
 from soclab.cloud.bridge.intake import Accepted, Intake, Rejected, merge_ranges, seq_ranges
 from soclab.cloud.bridge.telemetry import Delivered, Telemetry, device_of, status_lines
-from soclab.wire import STORED_SCHEMA, encode
+from soclab.wire import STORED_SCHEMA
 
 log = logging.getLogger("soclab.cloud.bridge")
 
@@ -538,9 +540,13 @@ class Core:
             self._publish_confirmation(topic, {outcome: merge_ranges(ranges)})
 
     def _publish_confirmation(self, topic: str, ranges: dict[str, list[list[int]]]) -> None:
-        message = {"schema": STORED_SCHEMA, "consumer": self.settings.consumer, "t_ns": self.clock.time_ns()}
+        message: dict[str, object] = {
+            "schema": STORED_SCHEMA,
+            "consumer": self.settings.consumer,
+            "t_ns": self.clock.time_ns(),
+        }
         message.update({k: v for k, v in ranges.items() if v})
-        self.broker.publish(topic, encode(message, check=False), qos=1)
+        self.broker.publish(topic, msgspec.json.encode(message), qos=1)
         self.counters.add("confirmations_published")
 
     def _dead_letter(self, entry: _Entry, reason: str) -> None:

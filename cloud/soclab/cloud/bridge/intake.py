@@ -48,15 +48,11 @@ class Rejected(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Where:
-    """What a data topic names."""
+    """What a data topic names, and where its storage confirmations go."""
 
     device: Device
     replay: bool
-
-    @property
-    def confirmations(self) -> str:
-        """The topic of the device's storage confirmations for this kind of message."""
-        return str(Topic(*self.device, "replay/stored" if self.replay else "stored"))
+    confirmations: str  # soclab/<site>/<node>/<device>/stored, or .../replay/stored for a replay
 
 
 @dataclass(slots=True)
@@ -72,11 +68,8 @@ class Accepted:
     t_max: int
     t_sum: int
     names: set[tuple[str, ...]]  # the sets of value names its samples use
+    samples: int
     booleans: dict[str, bool] = field(default_factory=dict)  # name -> is boolean, if any boolean
-
-    @property
-    def samples(self) -> int:
-        return len(self.seqs)
 
 
 class Intake:
@@ -103,7 +96,12 @@ class Intake:
             raise Rejected(f"topic: {exc}") from None
         if parsed.kind not in ("data", "replay"):
             raise Rejected(f"topic {topic!r} is not a data or replay topic")
-        where = Where((parsed.site, parsed.node, parsed.device), parsed.kind == "replay")
+        replay = parsed.kind == "replay"
+        where = Where(
+            (parsed.site, parsed.node, parsed.device),
+            replay,
+            str(parsed.with_kind("replay/stored" if replay else "stored")),
+        )
         if len(self._topics) >= _LEARNED_MAX:
             self._topics.clear()
         self._topics[topic] = where
@@ -129,10 +127,11 @@ class Intake:
         times = [s.t_ns for s in samples]
         t_min, t_max = min(times), max(times)
         self._check_times(times, t_min, t_max, now_ns, where.replay)
-        lines, names = points.line_protocol(message)
+        body, names = points.line_protocol(message)
         seqs = [s.seq for s in samples]
-        body = b"\n".join(lines)
-        accepted = Accepted(where, source.kind, body, seq_ranges(seqs), seqs, t_min, t_max, sum(times), names)
+        accepted = Accepted(
+            where, source.kind, body, seq_ranges(seqs), seqs, t_min, t_max, sum(times), names, len(seqs)
+        )
         if b"=True," in body or b"=False," in body:  # only booleans render so: names are lower case
             accepted.booleans = self._check_booleans(message)
         else:
@@ -158,14 +157,16 @@ class Intake:
 
     def learn(self, accepted: Accepted) -> None:
         """InfluxDB stored this message: its device's kind and its fields' types are now fixed."""
-        if len(self._kinds) < _LEARNED_MAX:
-            self._kinds.setdefault(accepted.where.device, accepted.kind)
+        if accepted.where.device not in self._kinds and len(self._kinds) < _LEARNED_MAX:
+            self._kinds[accepted.where.device] = accepted.kind
+        known = self._float_names.setdefault(accepted.kind, set())
+        if not accepted.booleans and accepted.names <= known:
+            return  # the usual case: nothing new
         types = self._types.setdefault(accepted.kind, {})
         if len(types) >= _LEARNED_MAX:
             return
         for name, boolean in accepted.booleans.items():
             types.setdefault(name, boolean)
-        known = self._float_names.setdefault(accepted.kind, set())
         for names in accepted.names - known:
             for name in names:
                 types.setdefault(name, accepted.booleans.get(name, False))

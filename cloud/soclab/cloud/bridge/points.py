@@ -29,15 +29,17 @@ Rejected (``PointError``), though the schema allows them: a number that is not f
 ``line_protocol()`` is what the bridge writes, built for speed from a message that the typed
 decoder (``soclab.wire.typed``) has validated: value names, tags and flags are then restricted by
 the schema's patterns, so only the tags (which are escaped all the same) could need escaping. One
-``%``-template per set of value names renders a sample in one C call: floats as Python's shortest
-``repr`` (``13.0``), booleans as ``True``/``False``, both line protocol. Fields are in the
-sample's own order: InfluxDB sorts them itself. ``to_points()`` builds the same points with
+``%``-template per set of value names renders the samples: floats as Python's shortest ``repr``
+(``13.0``), booleans as ``True``/``False``, both line protocol; when every sample has the same
+names and no flags (the usual message), the whole message in one C call. InfluxDB sorts fields
+itself, so their order is the sample's. ``to_points()`` builds the same points with
 influxdb-client's ``Point``, the reference the tests compare with (same values, same types).
 """
 
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from typing import Any
 
 from influxdb_client import Point, WritePrecision
@@ -50,7 +52,7 @@ from influxdb_client.client.write.point import (
     _escape_tag_value,
 )
 
-from soclab.wire.typed import DataMessage
+from soclab.wire.typed import DataMessage, Sample
 
 TAGS = ("device", "node", "site")  # sorted: the order InfluxDB keeps them in
 SEQ_FIELD = "seq"
@@ -64,45 +66,72 @@ class PointError(ValueError):
 
 def prefix(kind: str, site: str, node: str, device: str) -> bytes:
     """Measurement and tags of a device's points, with the space before the fields."""
+    key = (kind, site, node, device)
+    known = _PREFIXES.get(key)
+    if known is not None:
+        return known
     tags = {"device": device, "node": node, "site": site}
     text = _escape_key(kind, _ESCAPE_MEASUREMENT) + "".join(
         f",{tag}={_escape_tag_value(tags[tag])}" for tag in TAGS
     )
-    return (text + " ").encode()
+    if len(_PREFIXES) >= 100_000:  # one per device: bounded all the same
+        _PREFIXES.clear()
+    known = _PREFIXES[key] = (text + " ").encode()
+    return known
 
 
-# One template per set of value names (in their order in the sample): "a=%a,b=%a,seq=%di %d".
-_TEMPLATES: dict[tuple[str, ...], bytes] = {}
-_FLAGGED: dict[tuple[str, ...], bytes] = {}
+_PREFIXES: dict[tuple[str, str, str, str], bytes] = {}
 
 
-def line_protocol(message: DataMessage) -> tuple[list[bytes], set[tuple[str, ...]]]:
-    """The lines of a valid data message, one per sample, and the sets of value names it used."""
+# One template per set of value names (in their order in the sample): "a=%r,b=%r,seq=%di %d".
+_TEMPLATES: dict[tuple[str, ...], str] = {}
+_FLAGGED: dict[tuple[str, ...], str] = {}
+
+
+def line_protocol(message: DataMessage) -> tuple[bytes, set[tuple[str, ...]]]:
+    """The line protocol of a valid data message, one line per sample joined by newlines, and
+    the sets of value names it used."""
     source = message.source
-    head = prefix(source.kind, source.site, source.node, source.device)
-    lines: list[bytes] = []
+    head = prefix(source.kind, source.site, source.node, source.device).decode()
+    samples = message.samples
+    keys = samples[0].values.keys()
+    for sample in samples:
+        if sample.flags or sample.values.keys() != keys:
+            return _sample_by_sample(head, samples)
+    # The usual message: every sample has the same value names and no flags. One template for the
+    # whole message, one C call to fill it.
+    names = tuple(keys)
+    template = _TEMPLATES.get(names) or _template(_TEMPLATES, names, "")
+    if len(names) == 1:
+        (name,) = names
+        args = [x for s in samples for x in (s.values[name], s.seq, s.t_ns)]
+    else:
+        get = itemgetter(*names)  # the same order in every line, whatever each dict's order
+        args = [x for s in samples for x in (*get(s.values), s.seq, s.t_ns)]
+    line = head.replace("%", "%%") + template  # a tag holding % must not be read as a placeholder
+    return ("\n".join([line] * len(samples)) % tuple(args)).encode(), {names}
+
+
+def _sample_by_sample(head: str, samples: list[Sample]) -> tuple[bytes, set[tuple[str, ...]]]:
+    lines: list[str] = []
     append = lines.append
-    own: dict[tuple[str, ...], bytes] = {}  # this message's templates, with its measurement and tags
-    flagged: dict[tuple[str, ...], bytes] = {}
-    for sample in message.samples:
+    used: set[tuple[str, ...]] = set()
+    for sample in samples:
         values = sample.values
         names = tuple(values)
+        used.add(names)
         if sample.flags:
-            flags = _escape_string(",".join(sample.flags)).encode()
-            template = flagged.get(names) or flagged.setdefault(
-                names, head + (_FLAGGED.get(names) or _template(_FLAGGED, names, b'flags="%b",'))
-            )
-            append(template % (*values.values(), flags, sample.seq, sample.t_ns))
+            flags = _escape_string(",".join(sample.flags))
+            template = _FLAGGED.get(names) or _template(_FLAGGED, names, 'flags="%s",')
+            append(head + template % (*values.values(), flags, sample.seq, sample.t_ns))
         else:
-            template = own.get(names) or own.setdefault(
-                names, head + (_TEMPLATES.get(names) or _template(_TEMPLATES, names, b""))
-            )
-            append(template % (*values.values(), sample.seq, sample.t_ns))
-    return lines, {*own, *flagged}
+            template = _TEMPLATES.get(names) or _template(_TEMPLATES, names, "")
+            append(head + template % (*values.values(), sample.seq, sample.t_ns))
+    return "\n".join(lines).encode(), used
 
 
-def _template(cache: dict[tuple[str, ...], bytes], names: tuple[str, ...], flags: bytes) -> bytes:
-    template = b"".join(name.encode() + b"=%a," for name in names) + flags + b"seq=%di %d"
+def _template(cache: dict[tuple[str, ...], str], names: tuple[str, ...], flags: str) -> str:
+    template = "".join(f"{name}=%r," for name in names) + flags + "seq=%di %d"
     if len(cache) >= 10_000:  # bounded, whatever the devices send
         cache.clear()
     cache[names] = template
