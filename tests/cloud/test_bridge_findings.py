@@ -125,7 +125,8 @@ def test_future_booleans_a_device_changing_kind_and_a_field_changing_type_are_re
     )
     (letter,) = letters(dead, 1)
     assert re.fullmatch(
-        r"samples/0/t_ns is 691(1[0-9][0-9]|200) s ahead of the bridge's clock \(at most 300 s\)", letter["reason"]
+        r"samples/0/t_ns is 691(1[0-9][0-9]|200) s ahead of the bridge's clock \(at most 300 s\)",
+        letter["reason"],
     )
 
     mppt = str(Topic(site, "pi-01", "mppt"))

@@ -25,7 +25,7 @@ def message(samples: list[dict[str, Any]], **source: str) -> dict[str, Any]:
 
 
 def lines(m: dict[str, Any]) -> list[str]:
-    return line_protocol(from_valid(m))[0].decode().split("\n")
+    return line_protocol(from_valid(m)).body.decode().split("\n")
 
 
 def parsed(line: str) -> tuple[str, dict[str, str], dict[str, Any], int]:
@@ -57,7 +57,18 @@ def test_one_line_per_sample_numbers_as_float_booleans_as_bool_seq_as_integer() 
     assert lines(m) == [
         f"{head} bat_v=13.0,bat_a=-1.25,load_en=True,tiny=1.5e-07,seq=41i {T0}",
         f"{head} bat_v=12.75,load_en=False,seq=42i {T0 + 1}",
-    ]
+    ]  # samples with different names: one by one, repr
+    same = message(
+        [
+            {"seq": i, "t_ns": T0 + i, "values": {"a": v, "on": i == 1}}
+            for i, v in enumerate([13, 1.5e-7, 1e16])
+        ]
+    )
+    assert lines(same) == [
+        f"{head} a=13.0,on=false,seq=0i {T0}",
+        f"{head} a=1.5e-7,on=true,seq=1i {T0 + 1}",
+        f"{head} a=1e16,on=false,seq=2i {T0 + 2}",
+    ]  # the same names: msgspec's numbers
 
 
 def test_samples_whose_values_come_in_another_order_keep_each_value_with_its_name() -> None:
@@ -76,7 +87,7 @@ def test_a_tag_with_a_percent_sign_is_not_a_placeholder() -> None:
     )
     typed.source = Source(site="100%", node="pi-01", device="mppt", kind="mppt")
     assert (
-        line_protocol(typed)[0].split(b"\n")[1]
+        line_protocol(typed).body.split(b"\n")[1]
         == f"mppt,device=mppt,node=pi-01,site=100% a=2.0,seq=2i {T0 + 1}".encode()
     )
 
@@ -108,7 +119,7 @@ def test_the_names_used_are_reported_for_the_type_checks() -> None:
             {"seq": 2, "t_ns": T0 + 1, "values": {}, "flags": ["x"]},
         ]
     )
-    assert line_protocol(from_valid(m))[1] == {("a", "b"), ()}
+    assert line_protocol(from_valid(m)).names == {("a", "b"), ()}
 
 
 @pytest.mark.parametrize(
@@ -126,7 +137,7 @@ def test_tags_and_measurement_are_escaped_as_influxdb_clients_point_escapes_them
     m = message([{"seq": 1, "t_ns": T0, "values": {"x": 1}}], **source)
     typed = from_valid(message(m["samples"]))
     typed.source = Source(**m["source"])
-    line, _ = line_protocol(typed)
+    line = line_protocol(typed).body
     (reference,) = to_points(m)
     assert line.decode().startswith(reference.to_line_protocol().rsplit(" ", 2)[0] + " ")
 
@@ -136,24 +147,32 @@ def test_escaped_tags_read_back_unchanged(influxdb: InfluxTarget) -> None:
     typed = from_valid(m)
     typed.source = Source(site="lab 1,a=b", node="pi 01", device="d,e", kind="mppt")
     with InfluxDBClient(url=influxdb.url, token=influxdb.token, org=influxdb.org) as client:
-        client.write_api(write_options=SYNCHRONOUS).write(influxdb.bucket, record=line_protocol(typed)[0])
+        client.write_api(write_options=SYNCHRONOUS).write(influxdb.bucket, record=line_protocol(typed).body)
     assert influxdb.rows("SELECT * FROM mppt GROUP BY *") == [
         {"time": T0, "site": "lab 1,a=b", "node": "pi 01", "device": "d,e", "x": 1.5, "seq": 1}
     ]
 
 
 def test_what_the_database_reads_back_is_what_was_sent(influxdb: InfluxTarget) -> None:
-    m = message(
+    flagged = message(
         [{"seq": 5, "t_ns": T0, "values": {"x": 13, "big": 1e300, "neg": -0.0, "on": True}, "flags": ["a:b"]}]
     )
+    same = message(
+        [
+            {"seq": s, "t_ns": T0 + s, "values": {"x": 1.5e-7, "big": 1e16, "neg": -2.5, "on": False}}
+            for s in (6, 7)
+        ]
+    )
     with InfluxDBClient(url=influxdb.url, token=influxdb.token, org=influxdb.org) as client:
-        client.write_api(write_options=SYNCHRONOUS).write(
-            influxdb.bucket, record=line_protocol(from_valid(m))[0]
-        )
+        write = client.write_api(write_options=SYNCHRONOUS)
+        for m in (flagged, same):
+            write.write(influxdb.bucket, record=line_protocol(from_valid(m)).body)
+    tags = {"device": "mppt", "node": "pi-01", "site": "lab1"}
     assert influxdb.rows("SELECT * FROM mppt") == [
-        {"time": T0, "big": 1e300, "device": "mppt", "flags": "a:b", "neg": -0.0, "node": "pi-01", "on": True,
-         "seq": 5, "site": "lab1", "x": 13.0}
-    ]  # fmt: skip
+        {"time": T0, "big": 1e300, "flags": "a:b", "neg": -0.0, "on": True, "seq": 5, "x": 13.0, **tags},
+        {"time": T0 + 6, "big": 1e16, "flags": None, "neg": -2.5, "on": False, "seq": 6, "x": 1.5e-7, **tags},
+        {"time": T0 + 7, "big": 1e16, "flags": None, "neg": -2.5, "on": False, "seq": 7, "x": 1.5e-7, **tags},
+    ]
 
 
 @pytest.mark.parametrize(

@@ -123,19 +123,27 @@ class Intake:
                 f"kind {source.kind!r}: device {'/'.join(where.device)} is a {kind!r} "
                 "(a device keeps its kind)"
             )
-        samples = message.samples
-        times = [s.t_ns for s in samples]
+        rendered = points.line_protocol(message)
+        times = rendered.times
         t_min, t_max = min(times), max(times)
         self._check_times(times, t_min, t_max, now_ns, where.replay)
-        body, names = points.line_protocol(message)
-        seqs = [s.seq for s in samples]
+        seqs, body = rendered.seqs, rendered.body
         accepted = Accepted(
-            where, source.kind, body, seq_ranges(seqs), seqs, t_min, t_max, sum(times), names, len(seqs)
+            where,
+            source.kind,
+            body,
+            seq_ranges(seqs),
+            seqs,
+            t_min,
+            t_max,
+            sum(times),
+            rendered.names,
+            len(seqs),
         )
-        if b"=True," in body or b"=False," in body:  # only booleans render so: names are lower case
+        if rendered.booleans:
             accepted.booleans = self._check_booleans(message)
         else:
-            self._check_floats(message, names)
+            self._check_floats(message, rendered.names)
         return accepted
 
     def decode(self, payload: bytes) -> DataMessage:

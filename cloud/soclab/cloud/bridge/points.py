@@ -29,19 +29,23 @@ Rejected (``PointError``), though the schema allows them: a number that is not f
 ``line_protocol()`` is what the bridge writes, built for speed from a message that the typed
 decoder (``soclab.wire.typed``) has validated: value names, tags and flags are then restricted by
 the schema's patterns, so only the tags (which are escaped all the same) could need escaping. One
-``%``-template per set of value names renders the samples: floats as Python's shortest ``repr``
-(``13.0``), booleans as ``True``/``False``, both line protocol; when every sample has the same
-names and no flags (the usual message), the whole message in one C call. InfluxDB sorts fields
-itself, so their order is the sample's. ``to_points()`` builds the same points with
-influxdb-client's ``Point``, the reference the tests compare with (same values, same types).
+``%``-template per set of value names renders the samples. When every sample has the same names
+and no flags (the usual message), msgspec writes all its numbers in one call (floats as the
+shortest text that reads back the same: ``13.0``, ``1e-7``; ``true``/``false``) into one template
+for the whole message; otherwise each sample is formatted with Python's ``repr`` (``True`` and
+``False`` are line protocol too). InfluxDB sorts fields itself, so their order is the sample's.
+``to_points()`` builds the same points with influxdb-client's ``Point``, the reference the tests
+compare with (same values, same types).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+import msgspec
 from influxdb_client import Point, WritePrecision
 
 # influxdb-client's escaping, the exact rules Point applies (private names; the version is pinned).
@@ -86,33 +90,64 @@ _PREFIXES: dict[tuple[str, str, str, str], bytes] = {}
 # One template per set of value names (in their order in the sample): "a=%r,b=%r,seq=%di %d".
 _TEMPLATES: dict[tuple[str, ...], str] = {}
 _FLAGGED: dict[tuple[str, ...], str] = {}
+_TOKENS: dict[tuple[str, ...], bytes] = {}  # the same with every placeholder a %b
+_ENCODER = msgspec.json.Encoder()
 
 
-def line_protocol(message: DataMessage) -> tuple[bytes, set[tuple[str, ...]]]:
-    """The line protocol of a valid data message, one line per sample joined by newlines, and
-    the sets of value names it used."""
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """A message's line protocol and what the bridge checks and reports about it."""
+
+    body: bytes  # one line per sample, joined by newlines
+    names: set[tuple[str, ...]]  # the sets of value names its samples use
+    seqs: list[int]  # each sample's sequence number
+    times: list[int]  # each sample's t_ns
+    booleans: bool  # whether any value is a boolean
+
+
+def line_protocol(message: DataMessage) -> Lines:
+    """The line protocol of a valid data message."""
     source = message.source
-    head = prefix(source.kind, source.site, source.node, source.device).decode()
+    head = prefix(source.kind, source.site, source.node, source.device)
     samples = message.samples
     keys = samples[0].values.keys()
     for sample in samples:
         if sample.flags or sample.values.keys() != keys:
-            return _sample_by_sample(head, samples)
-    # The usual message: every sample has the same value names and no flags. One template for the
-    # whole message, one C call to fill it.
+            return _sample_by_sample(head.decode(), samples)
+    # The usual message: every sample has the same value names and no flags. msgspec writes every
+    # number of the message in one C call (shortest round-trip floats, as repr; true/false), and
+    # one template takes them all.
     names = tuple(keys)
-    template = _TEMPLATES.get(names) or _template(_TEMPLATES, names, "")
+    args: list[Any]  # values, seq, t_ns of each sample in turn
     if len(names) == 1:
         (name,) = names
         args = [x for s in samples for x in (s.values[name], s.seq, s.t_ns)]
     else:
         get = itemgetter(*names)  # the same order in every line, whatever each dict's order
         args = [x for s in samples for x in (*get(s.values), s.seq, s.t_ns)]
-    line = head.replace("%", "%%") + template  # a tag holding % must not be read as a placeholder
-    return ("\n".join([line] * len(samples)) % tuple(args)).encode(), {names}
+    encoded = _ENCODER.encode(args)
+    tokens = encoded[1:-1].split(b",")
+    template = _TOKENS.get(names) or _tokens(names)
+    line = head.replace(b"%", b"%%") + template  # a tag holding % must not be read as a placeholder
+    stride = len(names) + 2
+    return Lines(
+        b"\n".join([line] * len(samples)) % tuple(tokens),
+        {names},
+        args[stride - 2 :: stride],
+        args[stride - 1 :: stride],
+        b"t" in encoded or b"f" in encoded,  # numbers have neither: true, false
+    )
 
 
-def _sample_by_sample(head: str, samples: list[Sample]) -> tuple[bytes, set[tuple[str, ...]]]:
+def _tokens(names: tuple[str, ...]) -> bytes:
+    template = b"".join(name.encode() + b"=%b," for name in names) + b"seq=%bi %b"
+    if len(_TOKENS) >= 10_000:  # bounded, whatever the devices send
+        _TOKENS.clear()
+    _TOKENS[names] = template
+    return template
+
+
+def _sample_by_sample(head: str, samples: list[Sample]) -> Lines:
     lines: list[str] = []
     append = lines.append
     used: set[tuple[str, ...]] = set()
@@ -127,7 +162,9 @@ def _sample_by_sample(head: str, samples: list[Sample]) -> tuple[bytes, set[tupl
         else:
             template = _TEMPLATES.get(names) or _template(_TEMPLATES, names, "")
             append(head + template % (*values.values(), sample.seq, sample.t_ns))
-    return "\n".join(lines).encode(), used
+    body = "\n".join(lines).encode()
+    booleans = b"=True," in body or b"=False," in body  # value names are lower case: only booleans
+    return Lines(body, used, [s.seq for s in samples], [s.t_ns for s in samples], booleans)
 
 
 def _template(cache: dict[tuple[str, ...], str], names: tuple[str, ...], flags: str) -> str:
