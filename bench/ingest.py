@@ -9,7 +9,8 @@ v2 write shim in front (as in the tests), the bridge as its own process, and ``m
 
 - batched messages (``--samples-per-message``, default 100): the direct ceiling (the same
   points written by influxdb-client through the same shim, in batches of the bridge's size, one
-  thread), end to end (publish -> MQTT -> bridge -> InfluxDB, until every point is counted),
+  thread), end to end (publish -> MQTT -> bridge -> InfluxDB, until the bridge has confirmed
+  every point as stored, then counted once in the database),
   their ratio, and the generator's own ceiling (the same messages to topics nobody subscribes to);
 - small messages (one sample each, what an MPPT or an e-load sends): messages/s end to end
   beside the generator's ceiling, so it is clear which one limited;
@@ -28,9 +29,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from loadgen import Result, ceiling, mosquitto_pub
@@ -112,6 +115,7 @@ class BridgeProcess:
             "SOCLAB_BRIDGE_BATCH_POINTS": str(batch),
             "SOCLAB_BRIDGE_LOG_LEVEL": "WARNING",
         }
+        self.broker = broker
         self.process = subprocess.Popen([sys.executable, "-m", "soclab.cloud.bridge"], env=env)
         time.sleep(1.5)  # the bridge connects and subscribes
 
@@ -124,20 +128,55 @@ class BridgeProcess:
         self.process.wait(timeout=30)
 
 
+class Confirmations:
+    """Counts the samples the bridge confirms as stored (``soclab.stored/1``): the end of a run is
+    seen without querying the database, which would compete with the writes it measures."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.stored = 0
+        self._changed = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-confirmations")
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe("soclab/bench/+/+/stored", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        ranges = json.loads(message.payload).get("stored", [])
+        with self._changed:
+            self.stored += sum(last - first + 1 for first, last in ranges)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.stored >= count, timeout)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 def end_to_end(
-    broker: Mosquitto, db: InfluxDB1, bridge: BridgeProcess, streams: dict[str, list[bytes]], points: int
+    db: InfluxDB1,
+    bridge: BridgeProcess,
+    confirmations: Confirmations,
+    streams: dict[str, list[bytes]],
+    points: int,
 ) -> tuple[float, Result, float]:
-    """Seconds until every point is counted, the generator's result, bridge CPU seconds used."""
+    """Seconds until every point is confirmed stored, the generator's result, bridge CPU seconds."""
     devices = [topic.split("/")[3] for topic in streams]
     cpu_before = bridge.cpu_s()
+    confirmations.stored = 0
     start = time.perf_counter()
-    published = mosquitto_pub(MqttSettings(host=broker.host, port=broker.port), streams)
-    deadline = time.monotonic() + 300
-    while (stored := sum(count(db, d) for d in devices)) < points:
-        if time.monotonic() > deadline or bridge.process.poll() is not None:
-            raise SystemExit(f"end to end: only {stored} of {points} points stored")
-        time.sleep(0.05)
-    return time.perf_counter() - start, published, bridge.cpu_s() - cpu_before
+    published = mosquitto_pub(MqttSettings(host=bridge.broker.host, port=bridge.broker.port), streams)
+    if not confirmations.wait_for(points, timeout=300):
+        raise SystemExit(f"end to end: only {confirmations.stored} of {points} points confirmed in 300 s")
+    seconds = time.perf_counter() - start
+    cpu = bridge.cpu_s() - cpu_before
+    stored = sum(count(db, d) for d in devices)
+    if stored != points:
+        raise SystemExit(f"end to end: {stored} points in the database, {points} expected")
+    return seconds, published, cpu
 
 
 def main() -> None:
@@ -171,10 +210,14 @@ def main() -> None:
         with V2WriteShim(db.url) as shim:
             ceiling_rate = direct(shim, db, args.points, args.batch)
             bridge = BridgeProcess(broker, shim, args.batch)
+            confirmations = Confirmations(broker)
             try:
-                seconds, published, cpu = end_to_end(broker, db, bridge, batched, args.points)
-                small_result = end_to_end(broker, db, bridge, small, args.small) if args.small else None
+                seconds, published, cpu = end_to_end(db, bridge, confirmations, batched, args.points)
+                small_result = (
+                    end_to_end(db, bridge, confirmations, small, args.small) if args.small else None
+                )
             finally:
+                confirmations.close()
                 bridge.stop()
     e2e = args.points / seconds
     print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (2 cores)")

@@ -17,7 +17,9 @@ Rules it keeps:
   not written: its packet id died with the connection and the broker sends it again.
 - **Batches**: up to ``[batch] points``, or the oldest waited ``ms``, or no message came for
   ``idle_ms`` (the broker's window may be full: it sends no more until we acknowledge). One write
-  is in flight while the next batch forms, so decoding overlaps the database's work.
+  is in flight while the next batch forms, so decoding overlaps the database's work; the next
+  batch grows until that write is done (or it is full): the busier the database, the larger and
+  fewer the writes.
 - **Failures**: a write that failed (connection, 5xx, timeout) is retried with exponential backoff
   (``[retry]``) for as long as it takes, and nothing behind it is written first. At ``stop``, for
   ``shutdown_timeout_s`` more; then what is unwritten stays unacknowledged at the broker.
@@ -281,12 +283,13 @@ class Core:
         """The writes to hand to the sink now (at most one is in flight)."""
         now = self.clock.monotonic()
         s = self.settings
+        free = self._inflight is None and not self._jobs
         if self._forming and (
             self._stopping
-            or now >= self._forming_since + s.batch_ms / 1000
-            or now >= self._last_arrival + s.idle_ms / 1000
+            or (free and now >= self._forming_since + s.batch_ms / 1000)
+            or (free and now >= self._last_arrival + s.idle_ms / 1000)
         ):
-            self._cut()
+            self._cut()  # while a write is in flight the batch grows (up to batch_points) instead
         if self._stopping and now >= self._give_up_at and (self._jobs or self._inflight):
             self._give_up()
             return []
@@ -354,7 +357,7 @@ class Core:
         now = self.clock.monotonic()
         s = self.settings
         wait = IDLE_TICK_S
-        if self._forming:
+        if self._forming and self._inflight is None and not self._jobs:
             due = min(self._forming_since + s.batch_ms / 1000, self._last_arrival + s.idle_ms / 1000)
             wait = min(wait, due - now)
         if self._retry_at is not None and self._inflight is None:
