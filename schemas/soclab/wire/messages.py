@@ -117,7 +117,7 @@ def _reason(name: str, message: dict[str, Any], fast_error: Exception) -> str:
         index = None
         error = next(iter(_validator(name).iter_errors(message)), None)
     if error is None:
-        return f"{name} invalid: {_short(getattr(fast_error, 'message', str(fast_error)), REASON_LIMIT)}"
+        return f"{name} invalid: {_short(str(fast_error), REASON_LIMIT)}"
     path = list(error.absolute_path)
     if index is not None:
         path[1] = index
