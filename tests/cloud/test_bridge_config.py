@@ -78,6 +78,13 @@ INFLUX = '[influx]\nurl = "http://x:8086"\norg = "o"\nbucket = "b"\n'
         (INFLUX + "[nope]", TOKEN, "unknown section(s) ['nope']"),
         (INFLUX + '[mqtt]\nusername = "u"\npassword_file = "/nonexistent"', TOKEN, "No such file"),
         (INFLUX + 'token_file = "/x"', TOKEN, "both set"),
+        (
+            INFLUX,
+            {**TOKEN, "SOCLAB_BRIDGE_SITTE": "lab1"},
+            "SOCLAB_BRIDGE_SITTE names no setting of the bridge",
+        ),
+        (INFLUX, {**TOKEN, "SOCLAB_BRIDGE_MQTT_HOTS": "x"}, "SOCLAB_BRIDGE_MQTT_HOTS"),
+        (INFLUX, {**TOKEN, "SOCLAB_BRIDGE_INTAKE_PAST_S": "soon"}, "SOCLAB_BRIDGE_INTAKE_PAST_S='soon'"),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from soclab.wire.mqtt import MqttSettings
-from soclab.wire.settings import ConfigError, check_type, parse, read_toml, section
+from soclab.wire.settings import ConfigError, load_section, read_toml
 
 __all__ = ["BridgeConfig", "ConfigError", "load"]
 
@@ -72,14 +72,25 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
-class BridgeConfig:
-    mqtt: MqttConfig
-    influx: InfluxConfig
+class _TopLevel:
+    """The ``[bridge]`` table (``SOCLAB_BRIDGE_<KEY>``)."""
+
     id: str = "bridge"  # names the status topic soclab-bridge/<id>/status and the dead letters' consumer
-    site: str = "+"  # subscribe to soclab/<site>/+/+/data; "+" is every site
+    site: str = "+"  # subscribe to soclab/<site>/+/+/data (and replay, status); "+" is every site
     status_interval_s: float = 5.0
     shutdown_timeout_s: float = 10.0  # at stop, how long to keep retrying a write before leaving it
     log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    mqtt: MqttConfig
+    influx: InfluxConfig
+    id: str = _TopLevel.id
+    site: str = _TopLevel.site
+    status_interval_s: float = _TopLevel.status_interval_s
+    shutdown_timeout_s: float = _TopLevel.shutdown_timeout_s
+    log_level: str = _TopLevel.log_level
     batch: BatchConfig = field(default_factory=BatchConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -132,13 +143,6 @@ _SECTIONS: dict[str, type] = {
     "retry": RetryConfig,
     "intake": IntakeConfig,
 }
-_TOP_LEVEL = {
-    "id": str,
-    "site": str,
-    "status_interval_s": float,
-    "shutdown_timeout_s": float,
-    "log_level": str,
-}
 _SECRETS = {("mqtt", "password"): "password_file", ("influx", "token"): "token_file"}  # refused in the file
 _ENV = "SOCLAB_BRIDGE_"
 
@@ -151,32 +155,39 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> B
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: bridge, {', '.join(_SECTIONS)}")
-    top = _top_level(bridge_table, env)
-    sections = {
-        name: section(name, cls, raw.get(name, {}), env, _ENV, refused=_refused(name))
+    _check_variables(env)
+    # [bridge] shares the prefix with every section's variables: those are checked above.
+    top = load_section(
+        _TopLevel, bridge_table, where="bridge", env=env, prefix=_ENV, ignore_unknown_variables=True
+    )
+    sections: dict[str, Any] = {
+        name: load_section(
+            cls,
+            raw.get(name, {}),
+            where=name,
+            env=env,
+            prefix=f"{_ENV}{name.upper()}_",
+            refused=_refused(name),
+        )
         for name, cls in _SECTIONS.items()
     }
     sections["mqtt"] = sections["mqtt"].with_password(env, f"{_ENV}MQTT_PASSWORD")
     sections["influx"] = replace(
         sections["influx"], token=_secret(env, "influx", "token", sections["influx"])
     )
-    return BridgeConfig(**top, **sections).check()
+    return BridgeConfig(**vars(top), **sections).check()
 
 
-def _top_level(table: Any, env: dict[str, str]) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ConfigError("[bridge] must be a table")
-    for key in table:
-        if key not in _TOP_LEVEL:
-            raise ConfigError(f"[bridge] has no setting {key!r}; known: {', '.join(_TOP_LEVEL)}")
-    values = dict(table)
-    for key, kind in _TOP_LEVEL.items():
-        name = f"{_ENV}{key.upper()}"
-        if name in env:
-            values[key] = parse(env[name], kind, name)
-    for key, value in values.items():
-        check_type(f"[bridge] {key}", value, _TOP_LEVEL[key])
-    return values
+def _check_variables(env: dict[str, str]) -> None:
+    """A ``SOCLAB_BRIDGE_*`` variable that names no setting is an error: a typo would pass unseen."""
+    top = {f"{_ENV}{name.upper()}" for name in _TopLevel.__dataclass_fields__}
+    sections = tuple(f"{_ENV}{name.upper()}_" for name in _SECTIONS)
+    for variable in sorted(env):
+        if variable.startswith(_ENV) and variable not in top and not variable.startswith(sections):
+            raise ConfigError(
+                f"{variable} names no setting of the bridge; known: {', '.join(sorted(top))} "
+                f"and {_ENV}<SECTION>_<KEY> for the sections {', '.join(_SECTIONS)}"
+            )
 
 
 def _refused(name: str) -> dict[str, str]:
