@@ -41,6 +41,7 @@ compare with (same values, same types).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -90,7 +91,8 @@ _PREFIXES: dict[tuple[str, str, str, str], bytes] = {}
 # One template per set of value names (in their order in the sample): "a=%r,b=%r,seq=%di %d".
 _TEMPLATES: dict[tuple[str, ...], str] = {}
 _FLAGGED: dict[tuple[str, ...], str] = {}
-_TOKENS: dict[tuple[str, ...], bytes] = {}  # the same with every placeholder a %b
+# The same with every placeholder a %b, and a getter of the values in that order.
+_TOKENS: dict[tuple[str, ...], tuple[bytes, Callable[[dict[str, Any]], Any]]] = {}
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -110,6 +112,8 @@ def line_protocol(message: DataMessage) -> Lines:
     source = message.source
     head = prefix(source.kind, source.site, source.node, source.device)
     samples = message.samples
+    if len(samples) == 1:  # an MPPT's or an e-load's message: the fixed costs below are not worth it
+        return _sample_by_sample(head.decode(), samples)
     keys = samples[0].values.keys()
     for sample in samples:
         if sample.flags or sample.values.keys() != keys:
@@ -118,20 +122,20 @@ def line_protocol(message: DataMessage) -> Lines:
     # number of the message in one C call (shortest round-trip floats, as repr; true/false), and
     # one template takes them all.
     names = tuple(keys)
+    template, get = _TOKENS.get(names) or _tokens(names)
     args: list[Any]  # values, seq, t_ns of each sample in turn
     if len(names) == 1:
         (name,) = names
         args = [x for s in samples for x in (s.values[name], s.seq, s.t_ns)]
-    else:
-        get = itemgetter(*names)  # the same order in every line, whatever each dict's order
+    else:  # the same order in every line, whatever each dict's order
         args = [x for s in samples for x in (*get(s.values), s.seq, s.t_ns)]
     encoded = _ENCODER.encode(args)
     tokens = encoded[1:-1].split(b",")
-    template = _TOKENS.get(names) or _tokens(names)
-    line = head.replace(b"%", b"%%") + template  # a tag holding % must not be read as a placeholder
+    if b"%" in head:  # a tag holding % must not be read as a placeholder
+        head = head.replace(b"%", b"%%")
     stride = len(names) + 2
     return Lines(
-        b"\n".join([line] * len(samples)) % tuple(tokens),
+        b"\n".join([head + template] * len(samples)) % tuple(tokens),
         {names},
         args[stride - 2 :: stride],
         args[stride - 1 :: stride],
@@ -139,12 +143,12 @@ def line_protocol(message: DataMessage) -> Lines:
     )
 
 
-def _tokens(names: tuple[str, ...]) -> bytes:
+def _tokens(names: tuple[str, ...]) -> tuple[bytes, Callable[[dict[str, Any]], Any]]:
     template = b"".join(name.encode() + b"=%b," for name in names) + b"seq=%bi %b"
     if len(_TOKENS) >= 10_000:  # bounded, whatever the devices send
         _TOKENS.clear()
-    _TOKENS[names] = template
-    return template
+    found = _TOKENS[names] = (template, itemgetter(*names))
+    return found
 
 
 def _sample_by_sample(head: str, samples: list[Sample]) -> Lines:
@@ -162,7 +166,7 @@ def _sample_by_sample(head: str, samples: list[Sample]) -> Lines:
         else:
             template = _TEMPLATES.get(names) or _template(_TEMPLATES, names, "")
             append(head + template % (*values.values(), sample.seq, sample.t_ns))
-    body = "\n".join(lines).encode()
+    body = ("\n".join(lines) if len(lines) > 1 else lines[0]).encode()
     booleans = b"=True," in body or b"=False," in body  # value names are lower case: only booleans
     return Lines(body, used, [s.seq for s in samples], [s.t_ns for s in samples], booleans)
 
