@@ -19,9 +19,10 @@ Both take the broker's address and credentials as ``soclab.wire.mqtt.MqttSetting
 passwords the project's one way). ``ceiling()`` runs a generator against topics nobody
 subscribes to: what the generator and the broker's intake can do without the pipeline.
 
-    from loadgen import mosquitto_pub, paho_workers          # bench/ is on sys.path for scripts
+    from loadgen import fleet, mosquitto_pub, paho_workers   # bench/ is on sys.path for scripts
     result = mosquitto_pub(settings, {"soclab/bench/pi-01/e2e/data": payloads})
-    print(result.rate, "messages/s")
+    result = paho_workers(settings, fleet("fleet", devices=10_000, hz=1, seconds=300), workers=2)
+    print(result, result.rate)
 """
 
 from __future__ import annotations
@@ -203,6 +204,36 @@ def _worker(
         error = f"{type(exc).__name__}: {exc}"
     usage = resource.getrusage(resource.RUSAGE_SELF)
     results.put((sent, index, usage.ru_utime + usage.ru_stime, error))
+
+
+# --- a fleet of devices ------------------------------------------------------------------------
+
+
+def fleet(
+    site: str, devices: int, hz: float, seconds: float, *, kind: str = "mppt", node: str = "fleet"
+) -> Source:
+    """A ``paho_workers`` source: ``devices`` devices (``soclab/<site>/<node>/d<n>/data``), each
+    sending one sample every ``1/hz`` seconds for ``seconds``, its sequence numbers from 0, its
+    ``t_ns`` stamped when the message is due (so lag from acquisition to storage is measurable).
+    The devices are spread over the period (no thundering herd) and over the workers."""
+    period = 1.0 / hz
+
+    def source(worker: int, workers: int) -> Iterator[tuple[float | None, str, bytes]]:
+        mine = range(worker, devices, workers)
+        topics = {d: f"soclab/{site}/{node}/d{d}/data".encode() for d in mine}
+        wall0 = time.time_ns()
+        for tick in range(int(seconds * hz)):
+            for d in mine:
+                due = tick * period + period * d / devices
+                t_ns = wall0 + int(due * 1e9)
+                payload = (
+                    b'{"schema":"soclab.data/1","source":{"site":"%s","node":"%s","device":"d%d","kind":"%s"},'
+                    b'"samples":[{"seq":%d,"t_ns":%d,"values":{"bat_v":12.5}}]}'
+                    % (site.encode(), node.encode(), d, kind.encode(), tick, t_ns)
+                )
+                yield due, topics[d].decode(), payload
+
+    return source
 
 
 # --- the generator alone -----------------------------------------------------------------------
