@@ -15,6 +15,7 @@ import os
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,6 @@ def seqs_of(ranges: list[list[int]]) -> set[int]:
 # --- finding 10: the bridge's intake ----------------------------------------------------------------
 
 
-@unfixed(10, "UTF-16 and BOM-prefixed JSON are accepted")
 def test_finding_10_only_utf8_json_is_accepted(lab: Pipeline, record: Callable) -> None:
     since = lab.marks()
     now = time.time_ns()
@@ -102,7 +102,6 @@ def test_finding_10_only_utf8_json_is_accepted(lab: Pipeline, record: Callable) 
     assert all(m is not None for m in refused), "not dead-lettered"
 
 
-@unfixed(10, "unbounded values and flags; reasons cut before why")
 def test_finding_10_values_and_flags_are_bounded_and_reasons_say_why(lab: Pipeline, record: Callable) -> None:
     since = lab.marks()
     now = time.time_ns()
@@ -128,21 +127,20 @@ def test_finding_10_values_and_flags_are_bounded_and_reasons_say_why(lab: Pipeli
     assert "match" in reasons[2] or "pattern" in reasons[2], reasons[2][-200:]  # why, not only what
 
 
-@unfixed(10, "after a partial write the whole message is dead-lettered")
 def test_finding_10_after_a_partial_write_the_confirmation_names_what_is_stored(
     lab: Pipeline, record: Callable
 ) -> None:
+    """Another writer made ``campaign_mix`` a string in this shard; one sample of 100 carries it
+    as a number: InfluxDB stores 99 points and refuses one."""
     since = lab.marks()
     t0 = time.time_ns() - 60 * 10**9
-    first = [{"seq": 100, "t_ns": t0, "values": {"campaign_mix": True}}]  # the field is now a boolean
+    write_directly(lab, f'labjack,device=other,node=x,site=x campaign_mix="text" {t0}')
     mixed = [{"seq": 101 + i, "t_ns": t0 + (1 + i) * 10**6, "values": {"bat_v": 12.0}} for i in range(100)]
-    mixed[50]["values"] = {"campaign_mix": 1.5}  # InfluxDB refuses this one point, stores the rest
+    mixed[50]["values"] = {"campaign_mix": 1.5}
     with listening(lab, lab.topic("evil", "stored")) as confirms, Attacker(lab.settings("evil")) as evil:
-        evil.publish(lab.topic("evil"), encoded(data(lab, "evil", first)))
-        assert seqs_of(confirmations(confirms)["stored"]) == {100}
         evil.publish(lab.topic("evil"), encoded(data(lab, "evil", mixed)))
         said = confirmations(confirms)
-    row = record("10", "a message InfluxDB stores 99 of 100 points of", 2, lab, since)
+    row = record("10", "a message InfluxDB stores 99 of 100 points of", 1, lab, since)
     assert_harmless(row, lab)
     in_db = set(stored_seqs(lab, "evil")) & set(range(101, 201))
     assert len(in_db) == 99
@@ -150,7 +148,13 @@ def test_finding_10_after_a_partial_write_the_confirmation_names_what_is_stored(
     assert seqs_of(said["dead_lettered"]) == {151}
 
 
-@unfixed(10, "two samples at one time are both confirmed, one is overwritten")
+def write_directly(pipeline: Pipeline, line: str) -> None:
+    """A point written straight into the database, by another writer than the bridge."""
+    url = f"{pipeline.influx.url}/write?db={pipeline.db}&precision=ns"
+    with urllib.request.urlopen(urllib.request.Request(url, data=line.encode(), method="POST"), timeout=10):
+        pass
+
+
 def test_finding_10_two_samples_at_one_time_are_not_both_confirmed_stored(
     lab: Pipeline, record: Callable
 ) -> None:
@@ -160,16 +164,22 @@ def test_finding_10_two_samples_at_one_time_are_not_both_confirmed_stored(
         {"seq": 300, "t_ns": t, "values": {"bat_v": 1.0}},
         {"seq": 301, "t_ns": t, "values": {"bat_v": 2.0}},
     ]
-    with listening(lab, lab.topic("evil", "stored")) as confirms, Attacker(lab.settings("evil")) as evil:
+    with (
+        listening(lab, lab.topic("evil", "stored")) as confirms,
+        listening(lab, lab.topic("evil", "deadletter")) as dead,
+        Attacker(lab.settings("evil")) as evil,
+    ):
         evil.publish(lab.topic("evil"), encoded(data(lab, "evil", twins)))
-        said = confirmations(confirms)
+        refused = dead.received(3.0)
+        said = confirms.received(1.0 if refused else WAIT_S)
     row = record("10", "two samples with the same time stamp in one message", 1, lab, since)
     assert_harmless(row, lab)
+    confirmed = seqs_of(json.loads(said.payload).get("stored", [])) if said else set()
     points = set(stored_seqs(lab, "evil")) & {300, 301}
-    assert seqs_of(said["stored"]) == points  # InfluxDB holds one point: only one can be stored
+    assert confirmed <= points  # nothing confirmed stored that InfluxDB does not hold as its own point
+    assert len(points) == len(confirmed)
 
 
-@unfixed(10, "the bridge's telemetry counts a dead letter twice")
 def test_finding_10_a_dead_letter_is_counted_once(lab: Pipeline, record: Callable) -> None:
     """A dead letter is counted in the telemetry point of the next write; when InfluxDB refuses
     part of that write it still keeps that point, and the bridge reported the dead letter again."""
@@ -229,7 +239,6 @@ def test_finding_10_the_live_view_survives_malformed_messages(lab: Pipeline, rec
 # --- the publishers ---------------------------------------------------------------------------------
 
 
-@unfixed(5, "a confirmation with a 5000-digit integer ends the publisher")
 def test_finding_5_a_bad_confirmation_never_ends_a_publisher(lab: Pipeline, record: Callable) -> None:
     since = lab.marks()
     bad = [

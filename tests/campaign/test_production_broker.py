@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pipeline import ATTACK_NODE, NODE, Attacker, Pipeline, assert_harmless, unfixed
+from pipeline import ATTACK_NODE, NODE, Attacker, Pipeline, assert_harmless
 
 from soclab.dev.flood import data_lines, flood
 
@@ -85,7 +85,6 @@ def test_finding_2_no_account_takes_over_another_accounts_session(
     assert "closing old connection" not in log
 
 
-@unfixed(3, "the bridge stores any time stamp and lets a device claim any kind")
 def test_finding_3_future_booleans_do_not_poison_a_measurement(
     production: Pipeline, record: Callable
 ) -> None:
@@ -111,7 +110,6 @@ def test_finding_3_future_booleans_do_not_poison_a_measurement(
     )  # tied to its first kind
 
 
-@unfixed(4, "one message may spread its samples over years (a shard each)")
 def test_finding_4_one_message_cannot_create_hundreds_of_shards(
     production: Pipeline, record: Callable
 ) -> None:
@@ -132,7 +130,6 @@ def shards(pipeline: Pipeline) -> int:
     return sum(len(s.get("values") or []) for s in rows if s.get("name") == pipeline.db)
 
 
-@unfixed(9, "explaining a big invalid message costs seconds of bridge CPU")
 def test_finding_9_a_big_invalid_message_is_refused_in_bounded_cpu_and_memory(
     production: Pipeline, record: Callable
 ) -> None:
@@ -203,7 +200,6 @@ def test_finding_8_a_flood_from_one_device_is_shed_not_queued_for_the_others(
     assert kept < flood_messages * 0.7, note  # the broker shed the excess (before: all of it queued)
 
 
-@unfixed(1, "a dead letter may exceed the broker's packet limit")
 def test_finding_1_a_dead_letter_never_exceeds_what_the_broker_accepts(
     production: Pipeline, record: Callable
 ) -> None:

@@ -1,4 +1,10 @@
-"""Topic names: ``soclab/<site>/<node>/<device>/<kind>``."""
+"""Topic names: ``soclab/<site>/<node>/<device>/<kind>``.
+
+Kinds: ``data`` (live samples), ``status`` (retained), ``stored`` (the bridge's confirmations),
+``deadletter``, ``cmd`` and ``cmd/result``; ``replay`` is recorded data that an operator replays
+(``soclab replay``: same ``soclab.data/1`` payload, stored without the live time window, kept out
+of live lag), confirmed on ``replay/stored``. Devices cannot publish ``replay`` (broker ACL).
+"""
 
 from __future__ import annotations
 
