@@ -101,6 +101,23 @@ def test_samples_the_database_refuses_are_counted_and_the_exit_says_so(
     assert "5 samples were not stored" in err
 
 
+def test_a_message_the_bridge_refuses_whole_is_counted_by_its_dead_letter(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxTarget, site: str, start_bridge: Any, capsys: Any
+) -> None:
+    """Two samples 36 h apart in one message (--max-span allows it): the bridge refuses a message
+    spread over more than a day, with a dead letter and no confirmation; the replay matches the
+    dead letter to its message (SHA-256) and ends at once, with the reason."""
+    path = csv_file(tmp_path, f"{T0_MS},12.8", f"{T0_MS + 36 * 3600 * 1000},12.9", header=f'"Time",{MPPT_V}')
+    start_bridge(mosquitto, influxdb, site)
+    extra = ("--samples-per-message", "2", "--max-span", "200000", "--timeout", "60")
+    started = time.monotonic()
+    assert replay.main(argv(path, site, mosquitto, *extra)) == 1
+    out, err = capsys.readouterr()
+    assert counts(out) == {"sent": 2, "stored": 0, "refused": 2, "not confirmed": 0, "not sent": 0}
+    assert "the bridge refused 2 samples: " in err
+    assert time.monotonic() - started < 30  # not the 60 s of a bridge that says nothing
+
+
 def test_without_a_bridge_it_gives_up_after_the_timeout_and_says_what_happened(
     tmp_path: Path, mosquitto: Mosquitto, site: str, capsys: Any
 ) -> None:

@@ -4,7 +4,8 @@ Reads a Grafana CSV export ("series to columns"; the MPPT's own series map by th
 names, anything else with --map or --skip), publishes it on the replay path
 (soclab/<site>/<node>/<device>/replay: stored with its old time stamps, kept out of the live lag)
 with a bounded number of messages in flight, shows progress, waits for the bridge's storage
-confirmations, and ends with the counts: sent, stored, refused. It exits 0 only if every sample
+confirmations (and its dead letters, for a message refused whole), and ends with the counts:
+sent, stored, refused, with the bridge's reasons for what it refused. It exits 0 only if every sample
 was stored; 1 if any was refused or never confirmed; 2 if it could not start; 130 when
 interrupted. Sequence numbers start at --seq-start for every device: a replay run again with the
 same numbers overwrites the same points, it does not double them.
@@ -165,6 +166,8 @@ def _report(
         file=out,
         flush=True,
     )
+    for reason, samples in sender.refusals.most_common(3):
+        print(f"replay: the bridge refused {samples:,} samples: {reason}", file=err)
     if sender.bad_confirmations:
         print(f"replay: {sender.bad_confirmations} unreadable confirmations ignored", file=err)
     if problem:

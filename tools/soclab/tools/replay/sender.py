@@ -4,7 +4,9 @@ At most ``window`` batches are in flight (sent, not yet confirmed stored or refu
 never hands paho more than that (past 65,535 unacknowledged messages paho's packet ids would run
 out), and the broker and the bridge see a steady stream rather than the whole file at once. The
 bridge's ``soclab.stored/1`` confirmations on ``.../replay/stored`` settle the batches
-(``Tally``); lost batches are sent again; a bridge that confirms nothing for ``timeout_s`` while
+(``Tally``); so do its dead letters on ``.../deadletter`` for a message it refused whole (the
+dead letter's SHA-256 of the original payload names the batch; the reason is kept for the
+report). Lost batches are sent again; a bridge that confirms nothing for ``timeout_s`` while
 batches are in flight ends the replay (``Stalled``), with the counts so far.
 
 Threads: paho's network thread only queues what arrives; everything else happens in the thread
@@ -13,6 +15,8 @@ that calls ``run()``.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import queue
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +27,7 @@ import paho.mqtt.client as mqtt
 
 from soclab.tools.replay.messages import CONFIRMATION_KIND, Batch
 from soclab.tools.replay.tally import Tally
-from soclab.wire import STORED_SCHEMA, InvalidMessage, decode, encode
+from soclab.wire import DEADLETTER_SCHEMA, STORED_SCHEMA, InvalidMessage, decode, encode
 
 MAX_WINDOW = 10_000  # far below paho's 65,535 packet ids, resends included
 _TICK_S = 0.05
@@ -57,8 +61,9 @@ class Pace:
         return self
 
 
-def confirmation_filter(site: str, node: str) -> str:
-    return f"soclab/{site}/{node}/+/{CONFIRMATION_KIND}"
+def confirmation_filters(site: str, node: str) -> list[str]:
+    """The bridge's confirmations and dead letters for the replayed node's devices."""
+    return [f"soclab/{site}/{node}/+/{CONFIRMATION_KIND}", f"soclab/{site}/{node}/+/deadletter"]
 
 
 class Inbox:
@@ -69,15 +74,15 @@ class Inbox:
         self.messages: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
 
     def attach(self, client: mqtt.Client, site: str, node: str, pace: Pace) -> None:
-        """Before connecting: the in-flight window, and the subscription to the confirmations,
-        made again at every (re)connection."""
+        """Before connecting: the in-flight window, and the subscriptions to the confirmations
+        and dead letters, made again at every (re)connection."""
         client.max_inflight_messages_set(pace.window)
         client.max_queued_messages_set(0)  # unlimited: the window bounds it
-        topic = confirmation_filter(site, node)
+        topics = [(topic, 1) for topic in confirmation_filters(site, node)]
 
         def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
             if not reason.is_failure:
-                c.subscribe(topic, qos=1)
+                c.subscribe(topics)
 
         def on_subscribe(c: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
             self.subscribed.put(not any(r.is_failure for r in reasons))
@@ -115,6 +120,8 @@ class Sender:
         self.clock = clock
         self.tally = Tally(pace.grace_s, clock())
         self.bad_confirmations = 0
+        self.refusals: collections.Counter[str] = collections.Counter()  # reason -> samples
+        self._digests: dict[bytes, Batch] = {}  # SHA-256 of each payload sent -> its batch
 
     def run(self, batches: Iterable[Batch]) -> Tally:
         source = iter(batches)
@@ -147,7 +154,9 @@ class Sender:
         return self.tally
 
     def _publish(self, batch: Batch) -> None:
-        info = self.client.publish(batch.topic, encode(batch.message), qos=1)
+        payload = encode(batch.message)
+        self._digests[hashlib.sha256(payload).digest()] = batch
+        info = self.client.publish(batch.topic, payload, qos=1)
         if info.rc not in (
             mqtt.MQTT_ERR_SUCCESS,
             mqtt.MQTT_ERR_NO_CONN,
@@ -168,10 +177,14 @@ class Sender:
             self._apply(topic, payload)
 
     def _apply(self, topic: str, payload: bytes) -> None:
+        """One confirmation or dead letter; anything unreadable from the network is counted."""
         levels = topic.split("/")
         try:
+            if levels[-1] == "deadletter":
+                self._dead_letter(decode(payload, DEADLETTER_SCHEMA))
+                return
             message = decode(payload, STORED_SCHEMA)
-        except (InvalidMessage, ValueError, RecursionError):  # anything from the network: count, go on
+        except (InvalidMessage, ValueError, RecursionError):
             self.bad_confirmations += 1
             return
         if len(levels) != 6:
@@ -180,3 +193,13 @@ class Sender:
         self.tally.confirmed(
             levels[3], message.get("stored", []), message.get("dead_lettered", []), self.clock()
         )
+
+    def _dead_letter(self, letter: dict[str, Any]) -> None:
+        """A message of this replay that the bridge refused whole: its samples are refused."""
+        digest = letter.get("sha256")
+        batch = self._digests.get(bytes.fromhex(digest)) if isinstance(digest, str) else None
+        if batch is None or letter["topic"] != batch.topic:
+            return  # not one of ours (another sender's, or before this replay)
+        refused = self.tally.confirmed(batch.device, [], [[batch.first, batch.last]], self.clock())
+        if refused:
+            self.refusals[letter["reason"][:300]] += refused
