@@ -162,6 +162,7 @@ class FailoverClient(mqtt.Client):
         accepts the connection; OSError naming each broker tried and why, if none does."""
         errors = []
         for host, port in self.brokers:
+            self._attempts = 0  # this very broker, not the next one
             try:
                 self.connect(host, port, keepalive=keepalive)
                 return
