@@ -104,7 +104,7 @@ def test_a_command_line_tool_connects_to_the_first_broker_that_answers(own_mosqu
     settings = MqttSettings(
         host="127.0.0.1",
         port=dead[0],
-        failover=f"127.0.0.1:{dead[1]},{own_mosquitto.host}:{own_mosquitto.port}",
+        failover=f"{own_mosquitto.host}:{own_mosquitto.port},127.0.0.1:{dead[1]}",
     )
     client = connection.connect(settings, "failover-test")
     try:
