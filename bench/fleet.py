@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -237,6 +238,7 @@ class FleetFigures:
     bridge_threads: dict[str, dict[str, float]]
     disconnects: int
     bridge_profile: list[tuple[float, str]]  # (% of samples, function) where bridge0 spent its time
+    unconfirmed: int  # samples whose confirmation had not come when the swarm stopped waiting
 
     @property
     def all_good(self) -> bool:
@@ -255,7 +257,9 @@ def percentiles(values: array, warmup_mask: array | None = None) -> dict[str, fl
     return {"p50": data[n // 2] / 1e9, "p99": data[min(n - 1, (n * 99) // 100)] / 1e9, "max": data[-1] / 1e9}
 
 
-def run_fleet(args: argparse.Namespace, devices: int, duration_s: float, folder: Path) -> FleetFigures:
+def run_fleet(
+    args: argparse.Namespace, devices: int, duration_s: float, drain_s: float, folder: Path
+) -> FleetFigures:
     workers = max(1, min(args.workers, devices // 100 or 1))
     sites = args.bridges
     with services(folder, args.bridges, args.batch_points, args.inflight) as s:
@@ -297,7 +301,7 @@ def run_fleet(args: argparse.Namespace, devices: int, duration_s: float, folder:
             while time.time() < stop_at and not pending.ready():
                 time.sleep(0.2)
             window.stop()
-            results: list[SwarmResult] = pending.get(timeout=args.drain + 600)
+            results: list[SwarmResult] = pending.get(timeout=drain_s + 600)
         hot: list[tuple[float, str]] = []
         if spy and spy[0] is not None:
             spy[0].wait(timeout=60)
@@ -310,8 +314,10 @@ def run_fleet(args: argparse.Namespace, devices: int, duration_s: float, folder:
         lags = array("q")
         confirmed_devices = dead = disconnects = 0
         warm_ns = int((start_at + args.warmup) * 1e9)
+        unconfirmed = 0
         for r in results:
             published.extend(r.published)
+            unconfirmed += sum(r.published) - sum(r.confirmed)
             confirmed_devices += sum(1 for p, c in zip(r.published, r.confirmed, strict=True) if p == c)
             dead += r.dead_lettered
             disconnects += r.disconnects
@@ -321,7 +327,7 @@ def run_fleet(args: argparse.Namespace, devices: int, duration_s: float, folder:
         cpu["devices (generator)"] = 100 * sum(r.cpu_s for r in results) / duration_s
         return FleetFigures(
             devices, duration_s, sum(published), stored, once, confirmed_devices, dead,
-            percentiles(lags), cpu, window.thread_percent, disconnects, hot,
+            percentiles(lags), cpu, window.thread_percent, disconnects, hot, unconfirmed,
         )  # fmt: skip
 
 
@@ -345,7 +351,8 @@ def print_fleet(f: FleetFigures, rate: float) -> None:
     print(f"fleet: {f.devices} devices x {rate:g} Hz x {f.duration_s:g} s")
     print(f"  samples published {f.published}, stored {f.stored} (all stored: {f.stored == f.published})")
     print(f"  devices stored exactly once: {f.stored_once_devices} of {f.devices}; "
-          f"every sample confirmed: {f.confirmed_devices} of {f.devices}; dead-lettered {f.dead_lettered}; "
+          f"every sample confirmed: {f.confirmed_devices} of {f.devices} ({f.unconfirmed} samples not); "
+          f"dead-lettered {f.dead_lettered}; "
           f"client disconnects {f.disconnects}")  # fmt: skip
     lag = f.lag_s
     print(f"  lag acquisition -> storage: p50 {lag['p50']:.3f} s, p99 {lag['p99']:.3f} s, "
@@ -431,10 +438,12 @@ def main() -> None:
     parser.add_argument("--ramp", default="500,1000,2000,3000,4000,6000,8000",
                         help="fleet sizes to try for p99 < 2 s, or 'none'")  # fmt: skip
     parser.add_argument("--ramp-duration", type=float, default=40.0)
+    parser.add_argument("--ramp-drain", type=float, default=60.0, help="--drain of the ramp's runs")
     parser.add_argument("--lab-duration", type=float, default=30.0)
     parser.add_argument("--lab-only", action="store_true")
     parser.add_argument("--keep", type=Path, help="keep logs and data in this folder")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("fleet: terminated"))  # stop what was started
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # Mosquitto inherits it: one fd per device
     print("The machine's 2 cores run everything below, the device generator included: figures are noisy.")
@@ -451,13 +460,13 @@ def main() -> None:
         largest = None
         if args.ramp != "none":
             for n in (int(x) for x in args.ramp.split(",")):
-                f = run_fleet(args, n, args.ramp_duration, folder / f"ramp{n}")
+                f = run_fleet(args, n, args.ramp_duration, args.ramp_drain, folder / f"ramp{n}")
                 print_fleet(f, args.rate)
                 if f.lag_s["p99"] < LAG_TARGET_S and f.all_good:
                     largest = n
                 else:
                     break
-        f = run_fleet(args, args.devices, args.duration, folder / "main")
+        f = run_fleet(args, args.devices, args.duration, args.drain, folder / "main")
         print_fleet(f, args.rate)
         failed = not f.all_good
         if f.lag_s["p99"] < LAG_TARGET_S and f.all_good:
