@@ -277,7 +277,7 @@ def run_fleet(
                     args.rate,
                     start_at,
                     duration_s,
-                    args.drain,
+                    drain_s,
                 )
             )
             first += count
