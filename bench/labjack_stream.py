@@ -3,6 +3,10 @@ pipeline: scans/s sustained, stored/s, device and LJM backlog, CPU of the publis
 
     make bench-labjack
     .venv/bin/python bench/labjack_stream.py --seconds 60 --scan-rate 10000 --scans-per-read 1000
+    .venv/bin/python bench/labjack_stream.py --watch    # and `soclab watch` on the stream, in tmux
+
+With ``--watch``, ``soclab watch`` runs in a terminal (tmux, 200 x 50) on the same broker: its CPU
+is measured beside the others, and its last screen is printed (it says there if it fell behind).
 
 Runs `make lab`'s machinery with only the LabJack: the simulated battery process, the LabJack
 publisher (its own process, as on the Pi), Mosquitto, the bridge, InfluxDB 1.6.7. CPU is read
@@ -15,7 +19,10 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -45,6 +52,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--scan-rate", type=float, default=10_000.0)
     parser.add_argument("--scans-per-read", type=int, default=1000)
+    parser.add_argument("--watch", action="store_true", help="also run soclab watch in tmux; its CPU")
     args = parser.parse_args()
     status: dict[str, dict] = {}
     with (
@@ -81,8 +89,11 @@ def main() -> None:
                         max_backlog[key] = max(max_backlog[key], body.get("gauges", {}).get(key) or 0)
 
         with run_lab(settings, Path(tmp) / "var") as (_view, children):
+            monitor = Monitor(broker, f"soclab-bench-{os.getpid()}") if args.watch else None
             time.sleep(5.0)  # the stream starts, the first messages flow
             pids = {"publisher": children.pid("labjack"), "bridge": children.pid("bridge")}
+            if monitor is not None:
+                pids["soclab watch"] = monitor.pid()
             stop = threading.Event()
             threading.Thread(target=watch_backlog, args=(stop,), daemon=True).start()
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -96,6 +107,9 @@ def main() -> None:
             last = next(iter(status.values()), {})
             stop.set()
             failed = children.failed()
+            screen = monitor.screen() if monitor is not None else ""
+            if monitor is not None:
+                monitor.close()
         # Stopped: the publisher flushed, the bridge wrote. Every sequence number from 0 on must
         # be stored once, or still be in the spool waiting for its confirmation.
         once = loss_check(db, Path(tmp) / "var" / "spool" / "labjack.sqlite")
@@ -113,6 +127,8 @@ def main() -> None:
         print(f"CPU {name:<10} {(cpu1[name] - cpu0[name]) / elapsed * 100:6.1f} % of one core")
     print(f"spool depth at the end: {gauges.get('spool_depth')}, processes failed: {failed or 'none'}")
     print(once)
+    if screen:
+        print("soclab watch's last screen:\n" + screen.rstrip())
 
 
 def loss_check(db: InfluxDB1, spool: Path) -> str:
@@ -133,6 +149,41 @@ def loss_check(db: InfluxDB1, spool: Path) -> str:
         f"scans assigned {assigned}: stored once {distinct}, doubled {total - distinct}, "
         f"waiting in the spool {len(spooled)}, lost {lost} (highest stored seq {last})"
     )
+
+
+class Monitor:
+    """``soclab watch`` on the broker, in a tmux window of its own (its own tmux server)."""
+
+    def __init__(self, broker: Mosquitto, socket: str) -> None:
+        self.tmux = ["tmux", "-L", socket]
+        watch = [
+            sys.executable,
+            "-m",
+            "soclab.tools.cli",
+            "watch",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+        ]
+        command = "exec " + shlex.join(watch)  # exec: the pane's process is the monitor itself
+        subprocess.run(
+            [*self.tmux, "new-session", "-d", "-s", "watch", "-x", "200", "-y", "50", command], check=True
+        )
+
+    def pid(self) -> int:
+        out = subprocess.run(
+            [*self.tmux, "display", "-p", "-t", "watch", "#{pane_pid}"], capture_output=True, text=True
+        )
+        return int(out.stdout)
+
+    def screen(self) -> str:
+        return subprocess.run(
+            [*self.tmux, "capture-pane", "-p", "-t", "watch"], capture_output=True, text=True
+        ).stdout
+
+    def close(self) -> None:
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,14 @@
 #                                  printed once (put it in the device's vault, see the README)
 #   mqtt-user.sh delete USER       the user can no longer connect (sessions end at reconnect)
 #   mqtt-user.sh services          soclab-bridge and soclab-telegraf, from compose/secrets/
+#   mqtt-user.sh monitor NAME [FILE]  a read-only account monitor/NAME: its ACL block, then `set`
+#   mqtt-user.sh acl-monitor NAME  only the ACL block of monitor/NAME (no broker needed)
 #
-# A device's USER is its topic prefix, e.g. lab1/pi-01/mppt (the ACL keys on it).
+# A device's USER is its topic prefix, e.g. lab1/pi-01/mppt (the ACL keys on it). A monitor
+# (soclab watch) is monitor/NAME; the ACL lists each monitor (config/acl, "monitors").
 set -eu
+usage() { sed -n '4,13p' "$script"; exit 2; }
+script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 compose_dir="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$compose_dir"
 mkdir -p mosquitto/passwd
@@ -25,31 +30,89 @@ reload() {
     fi
 }
 
+acl=mosquitto/config/acl
+monitor_marker='# monitors:'
+
+monitor_name() { # NAME is a topic level: lower-case letters, digits, - and _
+    printf '%s' "$1" | grep -Eq '^[a-z0-9][a-z0-9_-]{0,62}$' || {
+        echo "monitor name '$1' must be [a-z0-9][a-z0-9_-]* (it becomes monitor/$1)" >&2
+        exit 2
+    }
+}
+
+grant_monitor() { # the ACL block of monitor/NAME below the marker line, once
+    monitor_name "$1"
+    grep -q "^$monitor_marker\$" "$acl" || { echo "$acl has no '$monitor_marker' line" >&2; exit 1; }
+    if grep -qx "user monitor/$1" "$acl"; then
+        echo "monitor/$1 is already in $acl"
+        return
+    fi
+    tmp_acl="$(mktemp)"
+    awk -v marker="$monitor_marker" -v name="$1" '
+        { print }
+        $0 == marker {
+            print "user monitor/" name
+            print "topic read soclab/#"
+            print "topic read soclab-bridge/+/status"
+            print "topic read soclab-bridge/+/deadletter"
+            print "topic deny soclab/monitor/" name "/#"
+            print ""
+        }' "$acl" > "$tmp_acl"
+    cat "$tmp_acl" > "$acl" && rm -f "$tmp_acl"
+    echo "monitor/$1 added to $acl (commit it where the stack is deployed from)"
+}
+
+revoke_monitor() { # remove the block of monitor/NAME: its user line, topic lines and blank line
+    tmp_acl="$(mktemp)"
+    awk -v user="user $1" '
+        $0 == user { skipping = 1; next }
+        skipping && /^topic / { next }
+        skipping && $0 == "" { skipping = 0; next }
+        { skipping = 0; print }' "$acl" > "$tmp_acl"
+    cat "$tmp_acl" > "$acl" && rm -f "$tmp_acl"
+}
+
 fix_owner='chown mosquitto:mosquitto /mosquitto/passwd/passwd && chmod 0600 /mosquitto/passwd/passwd'
 
 set_password() { # user, file with the password
     in_broker "mosquitto_passwd -b /mosquitto/passwd/passwd \"\$1\" \"\$(cat)\" && $fix_owner" "$1" < "$2"
 }
 
+set_user() { # user [file]: that file's password, or a new one printed once
+    if [ $# -ge 2 ]; then
+        set_password "$1" "$2"
+    else
+        tmp="$(mktemp)"
+        trap 'rm -f "$tmp"' EXIT
+        openssl rand -base64 48 | tr -d '/+=\n' | cut -c 1-32 > "$tmp"
+        set_password "$1" "$tmp"
+        echo "password of $1 (shown once): $(cat "$tmp")"
+    fi
+    reload
+}
+
 case "${1:-}" in
     set)
-        [ $# -ge 2 ] || { sed -n '4,12p' "$0"; exit 2; }
-        user="$2"
-        if [ $# -ge 3 ]; then
-            set_password "$user" "$3"
-        else
-            tmp="$(mktemp)"
-            trap 'rm -f "$tmp"' EXIT
-            openssl rand -base64 48 | tr -d '/+=\n' | cut -c 1-32 > "$tmp"
-            set_password "$user" "$tmp"
-            echo "password of $user (shown once): $(cat "$tmp")"
-        fi
-        reload
+        [ $# -ge 2 ] || usage
+        shift
+        set_user "$@"
         ;;
     delete)
-        [ $# -eq 2 ] || { sed -n '4,12p' "$0"; exit 2; }
+        [ $# -eq 2 ] || usage
+        case "$2" in monitor/*) revoke_monitor "$2" ;; esac
         in_broker "mosquitto_passwd -D /mosquitto/passwd/passwd \"\$1\" && $fix_owner" "$2" < /dev/null
         reload
+        ;;
+    monitor)
+        [ $# -ge 2 ] || usage
+        grant_monitor "$2"
+        name="$2"
+        shift 2
+        set_user "monitor/$name" "$@"
+        ;;
+    acl-monitor)
+        [ $# -eq 2 ] || usage
+        grant_monitor "$2"
         ;;
     services)
         set_password soclab-bridge secrets/mqtt_bridge_password
@@ -57,7 +120,6 @@ case "${1:-}" in
         reload
         ;;
     *)
-        sed -n '4,12p' "$0"
-        exit 2
+        usage
         ;;
 esac
