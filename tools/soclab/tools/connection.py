@@ -87,7 +87,7 @@ def connect(
     try:
         client.connect_first(keepalive=settings.keepalive_s)  # host:port, then [mqtt] failover
     except (OSError, ValueError) as exc:
-        raise ConnectionError(f"cannot reach the broker: {exc}") from None
+        raise ConnectionError(f"cannot reach the broker at {exc}") from None
     client.loop_start()
     try:
         reason = answers.get(timeout=timeout_s)
