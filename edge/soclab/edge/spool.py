@@ -13,6 +13,10 @@ Sync policy (``sync``):
 Bound (``max_samples``): when an append would exceed it, the oldest samples are deleted (policy
 "drop-oldest": a long outage keeps its most recent data), counted in ``dropped`` (persisted) and
 logged as a warning; the publisher reports the count in its status topic.
+
+Beside the samples, the spool keeps which of them were published and are not yet confirmed
+(``sent``, a few ranges that the ledger saves about once a second): a confirmation is accepted
+only for those, also when it reaches the next run of the publisher.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ _NO_END = 2**63 - 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped', 0);
 """
 
@@ -140,6 +145,19 @@ class Spool:
             cur = self._db.execute("DELETE FROM samples WHERE seq BETWEEN ? AND ?", (first_seq, last_seq))
             self.depth -= cur.rowcount
             return cur.rowcount
+
+    def sent_ranges(self) -> list[tuple[int, int]]:
+        """The ranges last saved by ``save_sent``."""
+        with self._lock:
+            rows = self._db.execute("SELECT first, last FROM sent ORDER BY first").fetchall()
+        return [(int(a), int(b)) for a, b in rows]
+
+    def save_sent(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Replace the saved ranges of published, unconfirmed samples (one transaction)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM sent")
+            self._db.executemany("INSERT INTO sent VALUES (?, ?)", list(ranges))
 
     def oldest_t_ns(self) -> int | None:
         with self._lock:

@@ -19,6 +19,17 @@ Threads, and what each one owns:
   ``Stored`` ...) to the sender's queue, and subscribe on connect.
 
 The instrument's health is read as a snapshot (``Health.snapshot``), never iterated live.
+
+Confirmations (``.../stored``) come from the network, so nothing in one may end the publisher
+(issue 11, finding 5): a message that is not a valid ``soclab.stored/1`` is counted
+(``confirmations_invalid``) and ignored, whatever it holds. Who sent one cannot be read from an
+MQTT 3.1.1 message; the ``consumer`` field is what the sender claims. On the production broker,
+the ACL (``compose/mosquitto/config/acl``) lets only the bridge's accounts write
+``soclab/+/+/+/stored`` and binds each client id to its account, so a confirmation there is the
+bridge's; the publisher then checks that it names a bridge (``soclab-bridge/<id>``, else it is
+counted in ``confirmations_refused``) and the ledger takes from it only samples that were
+published and not yet confirmed (finding 7). The development broker of ``make lab`` has no ACL:
+there any local client can confirm, and these two checks are all that stands.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -44,6 +56,11 @@ from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessag
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.2  # the sender wakes at least this often
+# What the bridge writes in a confirmation's "consumer" (soclab.cloud.bridge: soclab-bridge/<id>).
+BRIDGE_CONSUMER_PREFIX = "soclab-bridge/"
+# The largest confirmation the schema allows (100,000 ranges) is under 4 MiB; refuse more unread.
+MAX_CONFIRMATION_BYTES = 4 * 2**20
+_QUIET_S = 10.0  # a repeated complaint (forged confirmations, a full disk) is logged this often
 
 
 # --- what the other threads tell the sender ------------------------------------------------------
@@ -100,6 +117,7 @@ class Publisher:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._gauges: dict[str, float | None] = {}
+        self._complaints: dict[str, tuple[float, int]] = {}  # key -> (last logged, not logged since)
         self.client = make_client(config, self._status_payload("offline", "connection-lost"))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -146,6 +164,7 @@ class Publisher:
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + 1.0
+                    self._save_ledger()
                     lost = self.ledger.lost_batches()
                     if lost:
                         log.warning("event=resend batches=%d reason=not confirmed, later ones were", lost)
@@ -219,17 +238,50 @@ class Publisher:
                     self.counters["acquisition_errors"] += 1
 
     def _confirmation(self, payload: bytes) -> None:
+        """A message on this device's ``stored`` topic; see the module doc for what is trusted."""
+        if len(payload) > MAX_CONFIRMATION_BYTES:
+            self._bad_confirmation("confirmations_invalid", f"{len(payload)} bytes, more than one holds")
+            return
         try:
             message = decode(payload, STORED_SCHEMA)
         except InvalidMessage as exc:
-            self.counters["confirmations_invalid"] += 1
-            log.error("event=invalid_confirmation reason=%r", exc.reason)
+            self._bad_confirmation("confirmations_invalid", exc.reason)
+            return
+        except Exception as exc:  # what a decoder's own limits raise (5,000 digits): still bad input
+            self._bad_confirmation("confirmations_invalid", f"{type(exc).__name__}: {str(exc)[:200]}")
+            return
+        consumer = message["consumer"]
+        if not consumer.startswith(BRIDGE_CONSUMER_PREFIX):
+            self._bad_confirmation("confirmations_refused", f"consumer {consumer[:80]!r} is not a bridge")
             return
         self.counters["confirmations"] += 1
         self.ledger.confirmed(message.get("stored", []))
         dead = self.ledger.confirmed(message.get("dead_lettered", []), dead_lettered=True)
         if dead:
             log.error("event=samples_dead_lettered count=%d (the bridge could not store them)", dead)
+
+    def _bad_confirmation(self, counter: str, reason: str) -> None:
+        """Count it; log it (``event=confirmation_invalid`` or ``confirmation_refused``)."""
+        self.counters[counter] += 1
+        event = counter.replace("confirmations_", "confirmation_")
+        self._complain(counter, logging.ERROR, "event=%s reason=%r", event, reason)
+
+    def _complain(self, key: str, level: int, message: str, *args: object) -> None:
+        """Log a complaint that may repeat many times a second: at most once per ``_QUIET_S`` per
+        key, saying how many were not logged since (the counters have every one)."""
+        now = time.monotonic()
+        last, quiet = self._complaints.get(key, (-_QUIET_S, 0))
+        if now - last < _QUIET_S:
+            self._complaints[key] = (last, quiet + 1)
+            return
+        self._complaints[key] = (now, 0)
+        log.log(level, message + (f" (and {quiet} more in {_QUIET_S:g} s)" if quiet else ""), *args)
+
+    def _save_ledger(self) -> None:
+        try:
+            self.ledger.save()
+        except sqlite3.Error as exc:  # a full disk: what was published is saved at a later try
+            self._complain("ledger_save", logging.WARNING, "event=ledger_not_saved error=%r", str(exc))
 
     def _send_ready(self, stopping: bool = False) -> None:
         while self.ledger.inflight < self.config.mqtt.max_inflight and (stopping or not self._stop.is_set()):
@@ -321,5 +373,7 @@ class Publisher:
         self.client.disable_logger()  # paho's loop says "Client is not connected" after disconnect()
         self.client.disconnect()
         self.client.loop_stop()
+        self._handle_events()  # confirmations that came in meanwhile
+        self._save_ledger()
         self.spool.close()
         log.info("event=stopped counters=%s", dict(self.counters))
