@@ -64,6 +64,14 @@ class StatusConfig:
 
 
 @dataclass(frozen=True)
+class ClockConfig:
+    """``check_sync``: flag samples stamped while the kernel says the clock is not synchronised
+    (``clock_unsynced``; see ``soclab.edge.instruments.clock``)."""
+
+    check_sync: bool = True
+
+
+@dataclass(frozen=True)
 class PublisherConfig:
     source: SourceConfig
     instrument: Options | None = None  # the typed options of source.kind's driver
@@ -71,6 +79,7 @@ class PublisherConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
     log_level: str = "INFO"
 
     @property
@@ -93,6 +102,7 @@ _SECTIONS = {
     "batch": BatchConfig,
     "spool": SpoolConfig,
     "status": StatusConfig,
+    "clock": ClockConfig,
 }
 
 

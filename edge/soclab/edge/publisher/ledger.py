@@ -187,8 +187,8 @@ class Ledger:
         rows = self.spool.peek(self._live_cursor - 1, self.batch_max)
         if not rows:
             return []
-        age_s = (time.time_ns() - rows[0][1]) / 1e9
-        if len(rows) < self.batch_max and age_s < live_delay_s:
+        age_s = (time.time_ns() - rows[0][1]) / 1e9  # < 0 after the wall clock stepped back: go
+        if len(rows) < self.batch_max and 0 <= age_s < live_delay_s:
             return []  # wait for a fuller batch
         self._live_cursor = rows[-1][0] + 1
         return rows

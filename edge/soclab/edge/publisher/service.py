@@ -47,6 +47,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from soclab.edge.instruments.base import Instrument
+from soclab.edge.instruments.clock import kernel_synchronised
 from soclab.edge.publisher.config import PublisherConfig
 from soclab.edge.publisher.ledger import Ledger, Row
 from soclab.edge.publisher.mqtt import make_client
@@ -101,6 +102,8 @@ class Publisher:
     def __init__(self, config: PublisherConfig, instrument: Instrument) -> None:
         self.config = config
         self.instrument = instrument
+        if config.clock.check_sync:
+            instrument.clock.synchronised = kernel_synchronised
         self.spool = Spool(config.spool_path, max_samples=config.spool.max_samples, sync=config.spool.sync)
         self.ledger = Ledger(
             self.spool, batch_max=config.batch.max_samples, resend_grace_s=config.mqtt.resend_grace_s

@@ -387,7 +387,7 @@ class MpptDriver(Instrument):
 
     # --- publications (called by the link, its lock held) ------------------------------------------
     def _on_publication(self, pub: Publication) -> None:
-        t_ns = self.now_ns()  # the line is complete now
+        stamp = self.stamp()  # the line is complete now
         count = self.health.count
         dialect = DIALECT_BY_CHANNEL.get(pub.channel)
         if dialect is None:
@@ -414,7 +414,7 @@ class MpptDriver(Instrument):
             self._readings.popleft()
             count("readings_dropped")
             self._log_once("readings_dropped", "reading buffer full (%d): oldest dropped", self.max_buffered)
-        self._readings.append(Reading(t_ns, mapped.values, mapped.flags))
+        self._readings.append(Reading(stamp.t_ns, mapped.values, mapped.flags + stamp.flags))
 
     # --- extras -----------------------------------------------------------------------------------
     def _add_extras(self, reading: Reading) -> Reading:
