@@ -56,6 +56,7 @@ class SpoolConfig:
     path: str = "/var/lib/soclab/spool/{device}.sqlite"
     max_samples: int = 10_000_000
     sync: str = "full"
+    hold_max_samples: int = 100_000  # readings kept in memory while the disk refuses (publisher.intake)
 
 
 @dataclass(frozen=True)

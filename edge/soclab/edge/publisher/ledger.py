@@ -22,13 +22,15 @@ sent, confirmed already, or not acquired yet, removes nothing of them. The outst
 saved in the spool (``save()``, about once a second), so the next run of the publisher accepts
 the confirmations that waited for it at the broker; what was published after the last save is
 sent again instead (harmless, see above). Who may confirm at all is the broker's ACL's business
-(see ``publisher.service``).
+(see ``publisher.service``). A removal the disk refuses (full) is tried again every second
+(``retry_removals``); should the publisher stop first, those samples go again at the next start.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +79,8 @@ class Ledger:
         self._starts: list[int] = []  # sorted keys of _unconfirmed
         self._order = 0
         self._live_turn = True
+        self._unremoved: list[tuple[int, int, bool]] = []  # confirmed, the disk refused to remove
+        self.removal_error: str | None = None
         self.resent_batches = 0
         self.ranges_ignored = 0  # confirmed ranges that named nothing outstanding
         self.confirmed_samples = 0
@@ -111,7 +115,7 @@ class Ledger:
         for first, last in ranges:
             pieces = self._outstanding.take(first, last)
             for a, b in pieces:
-                removed += self.spool.remove(a, b)
+                removed += self._remove(a, b, dead_lettered)
             if not pieces:
                 self.ranges_ignored += 1
                 continue
@@ -120,16 +124,39 @@ class Ledger:
                     newest = max(newest, batch.order)
                     del self._unconfirmed[batch.first]
                     self._starts.remove(batch.first)
-        if dead_lettered:
-            self.dead_lettered_samples += removed
-        else:
-            self.confirmed_samples += removed
         if newest:
             now = self._clock()
             for batch in self._unconfirmed.values():
                 if batch.acked and batch.order < newest and batch.overtaken_at is None:
                     batch.overtaken_at = now
         return removed
+
+    def _remove(self, first: int, last: int, dead_lettered: bool) -> int:
+        """Remove from the spool; a removal the disk refuses (full) is tried again later."""
+        try:
+            removed = self.spool.remove(first, last)
+        except sqlite3.Error as exc:
+            self._unremoved.append((first, last, dead_lettered))
+            self.removal_error = str(exc)
+            return 0
+        if dead_lettered:
+            self.dead_lettered_samples += removed
+        else:
+            self.confirmed_samples += removed
+        return removed
+
+    def retry_removals(self) -> None:
+        """Remove what was confirmed while the disk refused (the sender, once a second)."""
+        pending, self._unremoved = self._unremoved, []
+        for first, last, dead_lettered in pending:
+            self._remove(first, last, dead_lettered)
+        if not self._unremoved:
+            self.removal_error = None
+
+    @property
+    def removals_pending(self) -> int:
+        """Confirmed ranges still in the spool because the disk refused their removal."""
+        return len(self._unremoved)
 
     def _batches_overlapping(self, first: int, last: int) -> list[Batch]:
         """Unconfirmed batches with a sample in first..last (batches do not overlap each other)."""

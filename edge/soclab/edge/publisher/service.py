@@ -13,8 +13,9 @@ Threads, and what each one owns:
 
 - the sender (the thread that calls ``run()``): the ledger, the publisher's counters and gauges,
   every status message; it is the only one to publish;
-- acquisition: the instrument's ``read()``; it appends to the spool (which locks itself) and
-  reports a failure as an ``AcquisitionFailed`` event;
+- acquisition: the instrument's ``read()``; it hands the readings to the spool through
+  ``publisher.intake`` (which holds them in memory while the disk refuses them; both lock
+  themselves) and reports a failure as an ``AcquisitionFailed`` event;
 - paho's network thread: its callbacks only hand typed events (``Connected``, ``PubAck``,
   ``Stored`` ...) to the sender's queue, and subscribe on connect.
 
@@ -34,6 +35,7 @@ there any local client can confirm, and these two checks are all that stands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -49,6 +51,7 @@ import paho.mqtt.client as mqtt
 from soclab.edge.instruments.base import Instrument
 from soclab.edge.instruments.clock import kernel_synchronised
 from soclab.edge.publisher.config import PublisherConfig
+from soclab.edge.publisher.intake import SpoolIntake
 from soclab.edge.publisher.ledger import Ledger, Row
 from soclab.edge.publisher.mqtt import make_client
 from soclab.edge.spool import Spool
@@ -105,6 +108,8 @@ class Publisher:
         if config.clock.check_sync:
             instrument.clock.synchronised = kernel_synchronised
         self.spool = Spool(config.spool_path, max_samples=config.spool.max_samples, sync=config.spool.sync)
+        self.intake = SpoolIntake(self.spool, hold_max_samples=config.spool.hold_max_samples)
+        self._last_reading: float | None = None  # time.monotonic() of the instrument's latest reading
         self.ledger = Ledger(
             self.spool, batch_max=config.batch.max_samples, resend_grace_s=config.mqtt.resend_grace_s
         )
@@ -167,7 +172,7 @@ class Publisher:
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + 1.0
-                    self._save_ledger()
+                    self._housekeeping()
                     lost = self.ledger.lost_batches()
                     if lost:
                         log.warning("event=resend batches=%d reason=not confirmed, later ones were", lost)
@@ -196,7 +201,8 @@ class Publisher:
             try:
                 readings = self.instrument.read(timeout=0.5)
                 if readings:
-                    self.spool.append(readings)  # a full disk raises here: counted and logged below
+                    self._last_reading = time.monotonic()
+                if self.intake.put(readings):  # a full disk: held, and written when it takes them
                     self._wakeup.set()
             except Exception as exc:  # an error must not end acquisition: report, log, retry
                 failures += 1
@@ -280,7 +286,17 @@ class Publisher:
         self._complaints[key] = (now, 0)
         log.log(level, message + (f" (and {quiet} more in {_QUIET_S:g} s)" if quiet else ""), *args)
 
-    def _save_ledger(self) -> None:
+    def _housekeeping(self) -> None:
+        """Once a second: removals and the ledger's record that a full disk refused, tried again."""
+        self.ledger.retry_removals()
+        if self.ledger.removal_error:
+            self._complain(
+                "removal",
+                logging.WARNING,
+                "event=confirmed_samples_not_removed ranges=%d error=%r",
+                self.ledger.removals_pending,
+                self.ledger.removal_error,
+            )
         try:
             self.ledger.save()
         except sqlite3.Error as exc:  # a full disk: what was published is saved at a later try
@@ -302,7 +318,8 @@ class Publisher:
             # A driver produced something the schema refuses: never send it, never lose it quietly.
             self.counters["samples_rejected"] += len(rows)
             log.error("event=invalid_message first_seq=%d last_seq=%d reason=%r", first, last, exc.reason)
-            self.spool.remove(first, last)
+            with contextlib.suppress(sqlite3.Error):  # a full disk: refused again at the next start
+                self.spool.remove(first, last)
             return
         info = self.client.publish(self._topic, payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -331,6 +348,11 @@ class Publisher:
         counters["samples_confirmed"] = self.ledger.confirmed_samples
         counters["samples_dead_lettered"] = self.ledger.dead_lettered_samples
         counters["batches_resent"] = self.ledger.resent_batches
+        intake = self.intake.state()
+        counters["spool_write_errors"] = intake.write_errors
+        counters["samples_lost_unspooled"] = intake.lost
+        since = self._last_reading
+        error = intake.error or self.ledger.removal_error or health.last_error  # the spool's first
         message: dict[str, Any] = {
             "schema": STATUS_SCHEMA,
             "source": self._source,
@@ -345,8 +367,12 @@ class Publisher:
                 "spool_depth": self.spool.depth,
                 "inflight_messages": self.ledger.inflight,
                 "unconfirmed_batches": self.ledger.unconfirmed_batches,
+                "spool_held_samples": intake.held,
+                "spool_unwritable_s": intake.unwritable_s,
+                "spool_removals_pending": self.ledger.removals_pending,
+                "last_reading_age_s": None if since is None else round(time.monotonic() - since, 3),
             },
-            "last_error": health.last_error,
+            "last_error": error[:500] if error else None,
         }
         if reason:
             message["reason"] = reason
@@ -377,6 +403,7 @@ class Publisher:
         self.client.disconnect()
         self.client.loop_stop()
         self._handle_events()  # confirmations that came in meanwhile
-        self._save_ledger()
+        self._housekeeping()
+        self.intake.close()
         self.spool.close()
         log.info("event=stopped counters=%s", dict(self.counters))
