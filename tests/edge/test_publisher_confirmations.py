@@ -164,10 +164,9 @@ def test_forged_confirmations_remove_nothing_that_was_not_sent(
     status = running.status()
     assert status["counters"]["samples_confirmed"] == 0
     assert status["counters"]["samples_dead_lettered"] == 0
-    assert status["gauges"]["spool_depth"] == status["gauges"]["seq_next"] > 0
     running.stop()
     held = Spool(running.publisher.config.spool_path)
-    assert held.depth == held.next_seq  # nothing was removed
+    assert held.depth == held.next_seq >= 40  # nothing was removed
     acquired = held.next_seq
     held.close()
 
