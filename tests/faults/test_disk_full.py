@@ -188,8 +188,10 @@ def test_a_full_disk_holds_readings_says_so_and_loses_nothing(
     assert last["counters"]["samples_lost_unspooled"] == 0
     numbered = last["gauges"]["seq_next"]
     assert numbered == last["counters"]["samples_read"]  # every reading got its sequence number
-    rows = influxdb.wait_for_rows("SELECT seq FROM mppt", numbered - last["gauges"]["spool_depth"])
-    seqs = sorted(int(r["seq"]) for r in rows)
+    waiting = last["gauges"]["spool_depth"]  # not confirmed at the stop: kept in the spool
+    rows = influxdb.wait_for_rows("SELECT seq FROM mppt", numbered - waiting)
+    seqs = [int(r["seq"]) for r in rows]
     assert len(seqs) == len(set(seqs)), "a sample stored twice"
-    assert seqs == list(range(len(seqs))), "a sample lost"
+    assert set(seqs) <= set(range(numbered))
+    assert numbered - len(seqs) <= waiting, "a sample lost"
     assert final["counters"]["spool_write_errors"] >= 1
