@@ -56,12 +56,11 @@ from soclab.edge.publisher.ledger import Ledger, Row
 from soclab.edge.publisher.mqtt import make_client
 from soclab.edge.spool import Spool
 from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessage, decode, encode
+from soclab.wire.topics import BRIDGE_ROOT
 
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.2  # the sender wakes at least this often
-# What the bridge writes in a confirmation's "consumer" (soclab.cloud.bridge: soclab-bridge/<id>).
-BRIDGE_CONSUMER_PREFIX = "soclab-bridge/"
 # The largest confirmation the schema allows (100,000 ranges) is under 4 MiB; refuse more unread.
 MAX_CONFIRMATION_BYTES = 4 * 2**20
 _QUIET_S = 10.0  # a repeated complaint (forged confirmations, a full disk) is logged this often
@@ -260,7 +259,7 @@ class Publisher:
             self._bad_confirmation("confirmations_invalid", f"{type(exc).__name__}: {str(exc)[:200]}")
             return
         consumer = message["consumer"]
-        if not consumer.startswith(BRIDGE_CONSUMER_PREFIX):
+        if not consumer.startswith(f"{BRIDGE_ROOT}/"):
             self._bad_confirmation("confirmations_refused", f"consumer {consumer[:80]!r} is not a bridge")
             return
         self.counters["confirmations"] += 1
