@@ -167,12 +167,12 @@ def peak_rss_mb(pid: int) -> float:
 def test_finding_8_a_flood_from_one_device_is_shed_not_queued_for_the_others(
     production: Pipeline, record: Callable
 ) -> None:
-    """150,000 valid QoS 0 messages as fast as Mosquitto's own client sends them, from one device
+    """300,000 valid QoS 0 messages as fast as Mosquitto's own client sends them, from one device
     account. The broker keeps at most max_queued_messages of them for the bridge and drops the
     rest, so the good devices' samples wait behind a bounded backlog (bench/flood.py measures the
     lag at larger floods); the few of their messages Mosquitto loses meanwhile, they send again."""
     since = production.marks()
-    flood_messages = 150_000
+    flood_messages = 300_000  # several times what the broker may queue, whatever the bridge's pace
     flooder = production.settings("flood")
     started = time.time_ns()
     result = flood(
@@ -197,7 +197,7 @@ def test_finding_8_a_flood_from_one_device_is_shed_not_queued_for_the_others(
         note,
     )
     assert_harmless(row, production)
-    assert kept < flood_messages * 0.7, note  # the broker shed the excess (before: all of it queued)
+    assert kept < flood_messages * 0.6, note  # the broker shed the excess (before: all of it queued)
 
 
 def test_finding_1_a_dead_letter_never_exceeds_what_the_broker_accepts(
