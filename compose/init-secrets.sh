@@ -8,7 +8,7 @@ dir="$(cd "$(dirname "$0")" && pwd)/secrets"
 mkdir -p "$dir"
 chmod 0700 "$dir"
 for name in influxdb_admin_password influxdb_admin_token grafana_admin_password \
-    mqtt_bridge_password mqtt_telegraf_password; do
+    mqtt_bridge_password mqtt_telegraf_password mqtt_health_password; do
     if [ -s "$dir/$name" ]; then
         echo "kept   $dir/$name"
         continue

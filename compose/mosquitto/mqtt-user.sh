@@ -5,14 +5,15 @@
 #   mqtt-user.sh set USER [FILE]   set USER's password: the one in FILE, or a new random one,
 #                                  printed once (put it in the device's vault, see the README)
 #   mqtt-user.sh delete USER       the user can no longer connect (sessions end at reconnect)
-#   mqtt-user.sh services          soclab-bridge and soclab-telegraf, from compose/secrets/
+#   mqtt-user.sh services          soclab-bridge, soclab-telegraf, soclab-health (the bridge's
+#                                  health check), from compose/secrets/
 #   mqtt-user.sh monitor NAME [FILE]  a read-only account monitor/NAME: its ACL block, then `set`
 #   mqtt-user.sh acl-monitor NAME  only the ACL block of monitor/NAME (no broker needed)
 #
 # A device's USER is its topic prefix, e.g. lab1/pi-01/mppt (the ACL keys on it). A monitor
 # (soclab watch) is monitor/NAME; the ACL lists each monitor (config/acl, "monitors").
 set -eu
-usage() { sed -n '4,13p' "$script"; exit 2; }
+usage() { sed -n '4,14p' "$script"; exit 2; }
 script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 compose_dir="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$compose_dir"
@@ -117,6 +118,7 @@ case "${1:-}" in
     services)
         set_password soclab-bridge secrets/mqtt_bridge_password
         set_password soclab-telegraf secrets/mqtt_telegraf_password
+        set_password soclab-health secrets/mqtt_health_password
         reload
         ;;
     *)

@@ -37,7 +37,7 @@ SERVER = "soclab-server"
 SITE = "lab3"
 EDGE = {"pi-03": ["mppt", "eload"], "pi-04.lab3.test": ["labjack"]}
 DEVICES = [f"{SITE}/{host.split('.')[0]}/{device}" for host, devices in EDGE.items() for device in devices]
-SERVICES = ["soclab-bridge", "soclab-telegraf"]
+SERVICES = ["soclab-bridge", "soclab-telegraf", "soclab-health"]
 MONITORS = ["monitor/alice"]  # a read-only account (soclab watch), granted in the deployed ACL
 COMPOSE = "/opt/soclab/compose"
 STACK_SECRETS = {
@@ -205,6 +205,7 @@ def test_secrets_and_certificates_are_in_place(server: Server) -> None:
     expected = dict(STACK_SECRETS)
     expected["mqtt_bridge_password"] = server.accounts["soclab-bridge"]["password"]
     expected["mqtt_telegraf_password"] = server.accounts["soclab-telegraf"]["password"]
+    expected["mqtt_health_password"] = server.accounts["soclab-health"]["password"]
     assert {p.name: p.read_text() for p in secrets_dir.iterdir()} == expected
     pki = server.path(f"{COMPOSE}/pki")
     # As make-certs.sh makes them: pki/ for root only, the folders mounted into the containers

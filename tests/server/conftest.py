@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,27 +21,25 @@ import pytest
 from serverkit import (
     BRIDGE,
     DEVICES,
+    HEALTH,
     LABJACK,
     MONITORS,
     MOSQUITTO_CONFIG,
-    MOSQUITTO_PASSWD,
+    ROGUE,
     Account,
     TlsClient,
     broker_with_monitor,
-    make_certs,
 )
 
 from soclab.dev.localservices import Mosquitto
+from soclab.dev.localservices.production import make_accounts, make_pki
+
+USERS = (*DEVICES, LABJACK, ROGUE, BRIDGE, HEALTH, *MONITORS)
 
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("pki")
-    make_certs(folder, "ca")
-    make_certs(folder, "server", "localhost", "127.0.0.1")
-    for user in (*DEVICES, LABJACK, BRIDGE, *MONITORS):
-        make_certs(folder, "client", user)
-    return folder
+    return make_pki(tmp_path_factory.mktemp("pki"), USERS)
 
 
 @pytest.fixture(scope="session")
@@ -53,20 +49,7 @@ def passwd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def accounts(pki: Path, passwd_dir: Path) -> dict[str, Account]:
-    made = {
-        user: Account(user, secrets.token_urlsafe(24), pki / "clients" / user.replace("/", "."))
-        for user in (*DEVICES, LABJACK, BRIDGE, *MONITORS)
-    }
-    passwd = passwd_dir / "passwd"
-    passwd.touch(mode=0o600)
-    for account in made.values():
-        subprocess.run(
-            [MOSQUITTO_PASSWD, "-b", str(passwd), account.user, account.password],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-    return made
+    return make_accounts(pki, passwd_dir / "passwd", USERS)
 
 
 @pytest.fixture(scope="session")

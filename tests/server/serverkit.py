@@ -1,8 +1,9 @@
-"""Helpers of the server tests: accounts, the CA script, TLS clients for the secured broker.
+"""Helpers of the server tests: TLS clients for the secured broker (accounts and the CA script
+come from ``soclab.dev.localservices.production``).
 
 ``TlsClient`` connects to the secured broker with a certificate and credentials and says what
 came back (the CONNACK's reason code, or None when the connection ended without one); every wait
-is bounded by ``WAIT_S``. ``make_certs`` runs ``compose/mosquitto/make-certs.sh``.
+is bounded by ``WAIT_S``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,40 +21,29 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from soclab.dev.localservices import Mosquitto
+from soclab.dev.localservices.production import (  # noqa: F401 - the server tests' names for them
+    MAKE_CERTS,
+    MOSQUITTO_CONFIG,
+    MOSQUITTO_PASSWD,
+    REPO,
+    Account,
+    make_certs,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-MOSQUITTO_CONFIG = REPO / "compose" / "mosquitto" / "config"
-MAKE_CERTS = REPO / "compose" / "mosquitto" / "make-certs.sh"
-MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 WAIT_S = 10.0  # bound of every wait for something that should happen
 QUIET_S = 0.5  # how long to wait for something that should not happen, after a positive control
 
 DEVICES = ("lab1/pi-01/mppt", "lab1/pi-01/eload")
 BRIDGE = "soclab-bridge"
+HEALTH = "soclab-health"  # the bridge's health check
 LABJACK = "lab1/pi-01/labjack"  # the third device of the simulated lab (test_watch_tls)
+ROGUE = "lab1/pi-01/rogue"  # a device account that misbehaves (no publisher runs under it)
 # Monitor accounts, granted by mqtt-user.sh (broker_with_monitor). One per connection that may be
 # open at the same time: the broker may bind a connection to its account (one each).
 MONITOR_NAMES = ("watch", "lab", "reader", "script")
 MONITORS = tuple(f"monitor/{name}" for name in MONITOR_NAMES)
 MONITOR = MONITORS[0]
 MQTT_USER_SH = REPO / "compose" / "mosquitto" / "mqtt-user.sh"
-
-
-@dataclass(frozen=True)
-class Account:
-    user: str
-    password: str
-    certs: Path  # ca.crt, client.crt, client.key
-
-    @property
-    def prefix(self) -> str:
-        """soclab/<site>/<node>/<device> for a device account."""
-        return f"soclab/{self.user}"
-
-
-def make_certs(pki: Path, *args: str) -> None:
-    command = ["bash", str(MAKE_CERTS), "-d", str(pki), *args]
-    subprocess.run(command, check=True, capture_output=True, timeout=60)
 
 
 class TlsClient:
@@ -69,9 +58,16 @@ class TlsClient:
         password: str | None = None,
         ca: Path | None = None,
         client_cert: bool = True,
+        client_id: str = "",
+        clean_session: bool = True,
     ) -> None:
         self.broker = broker
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+        )
         certs = account.certs if account else None
         self.client.tls_set(
             ca_certs=str(ca or (certs / "ca.crt" if certs else broker_ca(broker))),
@@ -85,9 +81,15 @@ class TlsClient:
         if user is not None:
             self.client.username_pw_set(user, password)
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()  # ("connack" | "disconnect", reason)
+        self.session_present: bool | None = None  # from the last CONNACK
         self.subacks: queue.Queue[Any] = queue.Queue()
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.client.on_connect = lambda c, u, flags, reason, props: self.events.put(("connack", reason))
+
+        def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
+            self.session_present = flags.session_present
+            self.events.put(("connack", reason))
+
+        self.client.on_connect = on_connect
         self.client.on_disconnect = lambda c, u, flags, reason, props: self.events.put(("disconnect", reason))
         self.client.on_subscribe = lambda c, u, mid, reasons, props: self.subacks.put(reasons)
         self.client.on_message = lambda c, u, message: self.inbox.put(message)

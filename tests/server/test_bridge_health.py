@@ -9,7 +9,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from soclab.cloud.bridge import healthcheck
+from soclab.cloud.bridge import MqttConfig, healthcheck
 from soclab.cloud.bridge.sink import InfluxSink
 from soclab.dev.localservices import Mosquitto
 
@@ -118,3 +118,57 @@ def test_a_write_refused_for_its_telemetry_still_stores_the_data(
     (row,) = influxdb.wait_for_rows('SELECT * FROM "mppt"', 1)
     assert row["seq"] == 0
     assert bridge.counters()["messages_invalid"] == 0  # the data was not taken for the culprit
+
+
+def test_on_the_production_broker_the_check_has_its_own_account(
+    secure_broker: Mosquitto, accounts: dict[str, Any], influxdb: InfluxTarget, start_bridge: Any
+) -> None:
+    """The production broker gives each account one connection (client id = user name): the
+    check as soclab-health leaves the bridge connected; as the bridge's own user it would end
+    the bridge's connection (the control), which is why compose gives it its own account."""
+    bridge_account, health = accounts["soclab-bridge"], accounts["soclab-health"]
+    tls = {"tls_ca": str(bridge_account.certs / "ca.crt")}
+    bridge = start_bridge(
+        secure_broker,
+        influxdb,
+        "lab9",
+        mqtt=MqttConfig(
+            host=secure_broker.host,
+            port=secure_broker.port,
+            username=bridge_account.user,
+            password=bridge_account.password,
+            tls_cert=str(bridge_account.certs / "client.crt"),
+            tls_key=str(bridge_account.certs / "client.key"),
+            reconnect_min_s=1,
+            reconnect_max_s=2,
+            **tls,
+        ),
+    )
+    password_file = secure_broker.folder / "health-password"
+    password_file.write_text(health.password)
+    env = {
+        "SOCLAB_BRIDGE_ID": "lab9",
+        "SOCLAB_BRIDGE_MQTT_HOST": secure_broker.host,
+        "SOCLAB_BRIDGE_MQTT_PORT": str(secure_broker.port),
+        "SOCLAB_BRIDGE_MQTT_USERNAME": bridge_account.user,
+        "SOCLAB_BRIDGE_MQTT_PASSWORD": bridge_account.password,
+        "SOCLAB_BRIDGE_MQTT_TLS_CA": tls["tls_ca"],
+        "SOCLAB_BRIDGE_MQTT_TLS_CERT": str(bridge_account.certs / "client.crt"),
+        "SOCLAB_BRIDGE_MQTT_TLS_KEY": str(bridge_account.certs / "client.key"),
+        "SOCLAB_BRIDGE_INFLUX_URL": influxdb.url,
+        "SOCLAB_BRIDGE_INFLUX_ORG": influxdb.org,
+        "SOCLAB_BRIDGE_INFLUX_BUCKET": influxdb.bucket,
+        "SOCLAB_BRIDGE_INFLUX_TOKEN": influxdb.token,
+    }
+    own = ["--username", health.user, "--password-file", str(password_file)]
+    own += ["--tls-cert", str(health.certs / "client.crt"), "--tls-key", str(health.certs / "client.key")]
+    for _ in range(3):
+        assert healthcheck.main(["--timeout", "5", *own], env) == 0
+    assert bridge.counters()["reconnects"] == 0
+    assert healthcheck.main(["--timeout", "5", "--username", health.user], env) == 1  # no password
+    healthcheck.main(["--timeout", "5"], env)  # as soclab-bridge: the control
+    deadline = time.monotonic() + WAIT_S
+    while bridge.counters()["reconnects"] == 0:
+        assert time.monotonic() < deadline, "a second connection as soclab-bridge left the bridge's alone"
+        time.sleep(0.05)
+    bridge.wait_subscribed(WAIT_S)

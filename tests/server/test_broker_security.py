@@ -13,13 +13,25 @@ from __future__ import annotations
 import queue
 import re
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from serverkit import BRIDGE, DEVICES, MOSQUITTO_CONFIG, QUIET_S, Account, TlsClient, connack, make_certs
+from serverkit import (
+    BRIDGE,
+    DEVICES,
+    HEALTH,
+    MONITOR,
+    MOSQUITTO_CONFIG,
+    QUIET_S,
+    Account,
+    TlsClient,
+    connack,
+    make_certs,
+)
 
 from soclab.dev.localservices import Mosquitto
 from soclab.dev.localservices.mosquitto import CONTAINER_FOLDERS, project_config
@@ -143,7 +155,8 @@ def test_a_device_reads_its_own_confirmations_and_nothing_else(
     spy = tls_client(secure_broker, accounts[ELOAD])
     assert not spy.connect().is_failure
     for topic in (f"soclab/{MPPT}/stored", "soclab/+/+/+/data", "soclab/#"):
-        spy.subscribe(topic)  # Mosquitto 2.0.11 grants the SUBACK; the ACL filters every delivery
+        # Mosquitto 2.0.11 grants the SUBACK (the ACL's comment says so); the ACL filters every delivery.
+        assert spy.subscribe(topic) == 1
     bridge = tls_client(secure_broker, accounts[BRIDGE])
     assert not bridge.connect().is_failure
     bridge.publish(f"soclab/{ELOAD}/data", b"eload's data")
@@ -175,6 +188,76 @@ def test_the_bridge_reads_every_device(
         assert message is not None, f"received {got}, expected {sent}"
         got.add((message.topic, message.payload))
     assert got == sent
+
+
+# What each account's own software asks for as its client id: the bridge's default for id
+# "server" (compose), the publishers' default, the health check's, a monitor's (soclab watch).
+CONFIGURED_IDS = {BRIDGE: "soclab-bridge-server", HEALTH: "soclab-bridge-server-health"}
+READS = {BRIDGE: "soclab/+/+/+/data", HEALTH: "soclab-bridge/+/status"}  # a topic each may read
+ATTACKERS = (MPPT, BRIDGE, HEALTH, MONITOR)  # one account of each role
+
+
+def configured_id(user: str) -> str:
+    return CONFIGURED_IDS.get(user, "soclab-" + user.replace("/", "-"))
+
+
+def reads(user: str) -> str:
+    if user in READS:
+        return READS[user]
+    return "soclab/#" if user.startswith("monitor/") else f"soclab/{user}/stored"
+
+
+def test_no_account_can_take_over_another_accounts_connection(
+    secure_broker: Mosquitto, accounts: dict[str, Account], tls_client: Callable[..., TlsClient]
+) -> None:
+    """Finding 2: while one account is connected, every other account connects with its client
+    ids (its user name, which the broker gives it, and the one its software asks for); the
+    victim stays connected. Positive control: a second connection of the victim's own account
+    does end the first (one connection per account)."""
+    for user, account in accounts.items():
+        victim = tls_client(secure_broker, account, client_id=configured_id(user), clean_session=False)
+        assert not victim.connect().is_failure
+        assert victim.subscribe(reads(user)) == 1
+        for attacker_user in set(ATTACKERS) - {user}:
+            for client_id in (user, configured_id(user)):
+                intruder = tls_client(secure_broker, accounts[attacker_user], client_id=client_id)
+                assert not intruder.connect().is_failure, f"{attacker_user} as {client_id!r}"
+                intruder.close()
+        time.sleep(QUIET_S)
+        assert victim.events.empty(), f"{user} lost its connection: {victim.events.get()}"
+        if user == MPPT:
+            second = tls_client(secure_broker, account, client_id="another-id")
+            assert not second.connect().is_failure
+            kind, _reason = victim.events.get(timeout=QUIET_S * 10)
+            assert kind == "disconnect"  # the newer connection of the same account wins
+            second.close()
+        victim.close()
+
+
+def test_no_account_can_delete_the_bridges_persistent_session(
+    secure_broker: Mosquitto, accounts: dict[str, Account], tls_client: Callable[..., TlsClient]
+) -> None:
+    """Finding 2, the quiet half: a clean session under the bridge's client id would delete the
+    bridge's session and the messages queued for it while it is away."""
+    bridge = tls_client(secure_broker, accounts[BRIDGE], client_id=configured_id(BRIDGE), clean_session=False)
+    assert not bridge.connect().is_failure
+    assert bridge.subscribe(reads(BRIDGE)) == 1
+    bridge.close()  # away: the broker keeps the session and queues for it
+    device = tls_client(secure_broker, accounts[MPPT])
+    assert not device.connect().is_failure
+    device.publish(f"soclab/{MPPT}/data", b"queued while the bridge is away")
+    for client_id in (BRIDGE, configured_id(BRIDGE)):
+        intruder = tls_client(secure_broker, accounts[ELOAD], client_id=client_id, clean_session=True)
+        assert not intruder.connect().is_failure
+        intruder.close()
+    back = tls_client(secure_broker, accounts[BRIDGE], client_id=configured_id(BRIDGE), clean_session=False)
+    assert not back.connect().is_failure
+    assert back.session_present
+    message = back.received()
+    assert message is not None, "the queued message is gone"
+    assert message.payload == b"queued while the bridge is away"
+    back.client.subscribe(reads(BRIDGE), qos=1)  # leave the session as clean as the next test expects
+    back.client.unsubscribe(reads(BRIDGE))
 
 
 def test_tls_with_the_project_ca_and_a_client_certificate_is_required(

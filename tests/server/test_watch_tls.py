@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from serverkit import BRIDGE, DEVICES, LABJACK, MONITORS, REPO, Account, TlsClient, broker_with_monitor
+from serverkit import BRIDGE, DEVICES, LABJACK, MONITORS, REPO, ROGUE, Account, TlsClient, broker_with_monitor
 
 from soclab.dev.lab.cli import LabSettings, run_lab
 from soclab.dev.lab.processes import Children
@@ -107,8 +107,8 @@ def _watch_config(folder: Path, broker: Mosquitto, monitor: Account, secret: Pat
     )
     table["watch"]["silent_s"] = SILENT_S
     lines = []
-    for name, values in table.items():
-        lines.append(f"[{name}]")
+    for section, values in table.items():  # not `name`: that is the file's
+        lines.append(f"[{section}]")
         lines.extend(f"{key} = {value!r}".replace("'", '"') for key, value in values.items())
     path = folder / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -298,14 +298,14 @@ def test_the_readmes_mosquitto_sub_recipes_answer_against_the_tls_broker(tls_lab
     assert '"bridge":"lab","state":"online"' in out, out
     listener = run(dead, 1)
     time.sleep(1.0)  # subscribed
-    device = TlsClient(tls_lab.broker, tls_lab.accounts[MPPT])
+    device = TlsClient(tls_lab.broker, tls_lab.accounts[ROGUE])
     try:
         assert not device.connect().is_failure
-        device.publish(f"soclab/{MPPT}/data", b"this is not JSON")
+        device.publish(f"soclab/{ROGUE}/data", b"this is not JSON")
     finally:
         device.close()
     out, _ = listener.communicate(timeout=60)
-    assert out.startswith(f"soclab/{MPPT}/data: not JSON"), out
+    assert out.startswith(f"soclab/{ROGUE}/data: not JSON"), out
 
 
 def test_soclab_watch_in_a_terminal_shows_the_lab_alerts_and_survives_bad_messages(
@@ -342,8 +342,9 @@ def test_soclab_watch_in_a_terminal_shows_the_lab_alerts_and_survives_bad_messag
     assert len(lines) == 3, lines
     assert all(line.startswith("{") and '"bat_v":' in line for line in lines), lines
 
-    # hostile messages from a device account, on the topics it may publish
-    device = TlsClient(tls_lab.broker, tls_lab.accounts[MPPT])
+    # hostile messages from a device account, on the topics it may publish (its own: a second
+    # connection of the MPPT's account would end the MPPT's, one connection per account)
+    device = TlsClient(tls_lab.broker, tls_lab.accounts[ROGUE])
     hostile = [
         b"not JSON {",
         b"[" * 50_000,
@@ -354,8 +355,8 @@ def test_soclab_watch_in_a_terminal_shows_the_lab_alerts_and_survives_bad_messag
     try:
         assert not device.connect().is_failure
         for payload in hostile:
-            device.publish(f"soclab/{MPPT}/data", payload)
-        device.publish(f"soclab/{MPPT}/status", b"\x00\xff not a status")
+            device.publish(f"soclab/{ROGUE}/data", payload)
+        device.publish(f"soclab/{ROGUE}/status", b"\x00\xff not a status")
     finally:
         device.close()
     screen = terminal.wait_for(
@@ -364,8 +365,8 @@ def test_soclab_watch_in_a_terminal_shows_the_lab_alerts_and_survives_bad_messag
             "malformed 5  dead letters 5" in s.splitlines()[0]
             and "! dead letters: 5 in the last" in s
             and "! malformed: 5 in the last" in s
-            and re.search(rf"ago\s+soclab/{MPPT}/data\s+not JSON: Expecting value", s)
-            and re.search(rf"ago\s+soclab/{MPPT}/data\s+source lab1/pi-01/eload does not match", s)
+            and re.search(rf"ago\s+soclab/{ROGUE}/data\s+not JSON: Expecting value", s)
+            and re.search(rf"ago\s+soclab/{ROGUE}/data\s+source lab1/pi-01/eload does not match", s)
         ),
     )
     time.sleep(SILENT_S + 1.0)  # had the monitor stopped taking messages, the MPPT would now be silent

@@ -1,9 +1,12 @@
 """``python -m soclab.cloud.bridge.healthcheck``: exit 0 if the bridge says it is online and recent.
 
 The container's health check. It reads the bridge's own settings (``--config`` and the
-``SOCLAB_BRIDGE_*`` variables, as the bridge does), connects to the broker as the bridge's user
-with another client id (``<client id>-health``, clean session: the bridge's session is not
-touched), and reads the bridge's retained status on ``soclab-bridge/<id>/status``. Healthy: the
+``SOCLAB_BRIDGE_*`` variables, as the bridge does), connects to the broker with another client id
+(``<client id>-health``, clean session: the bridge's session is not touched), and reads the
+bridge's retained status on ``soclab-bridge/<id>/status``. The production broker makes every
+client's id its user name (one connection per account), so there the check connects as its own
+user (``--username soclab-health`` with its password and certificate): as the bridge's user it
+would end the bridge's connection. Healthy: the
 status is ``online``, the bridge is connected, and the status is younger than three status
 intervals (plus ``--slack``). Otherwise it prints why and exits 1; 2 for a configuration error.
 """
@@ -16,6 +19,7 @@ import queue
 import ssl
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -90,9 +94,20 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     parser.add_argument("--config", help="the bridge's TOML file, if it uses one")
     parser.add_argument("--timeout", type=float, default=5.0, help="wait this long for the status (s)")
     parser.add_argument("--slack", type=float, default=5.0, help="added to three status intervals (s)")
+    own = parser.add_argument_group("the check's own broker account (default: the bridge's)")
+    own.add_argument("--username")
+    own.add_argument("--password-file")
+    own.add_argument("--tls-cert")
+    own.add_argument("--tls-key")
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config, env)
+        if args.username:
+            account = {"username": args.username, "password": "", "password_file": args.password_file or ""}
+            account |= {k: getattr(args, k) for k in ("tls_cert", "tls_key") if getattr(args, k)}
+            mqtt_settings = replace(config.mqtt, **account).with_password({}, "", "the health check's")
+            mqtt_settings.check()
+            config = replace(config, mqtt=mqtt_settings)
     except config_module.ConfigError as exc:
         print(f"unhealthy: configuration error: {exc}")
         return 2
