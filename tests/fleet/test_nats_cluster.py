@@ -74,7 +74,8 @@ def test_a_node_killed_mid_run_loses_nothing_and_doubles_nothing(tmp_path, influ
                 )
                 time.sleep(2)
                 cluster.nodes[index].start()
-                cluster.wait_healthy(30)
+                # Rejoined is enough: the next kill's recovery limit covers replicas still catching up.
+                cluster.wait_healthy(60, server_only=True)
             time.sleep(3)
             caught_up()
         counts = check_once(influxdb.query, var)
