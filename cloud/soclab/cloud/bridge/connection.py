@@ -103,7 +103,7 @@ class MqttBroker:
         self.client = make_client(
             config.mqtt,
             config.client_id,
-            clean_session=False,
+            clean_session=bool(config.share),  # a shared member's session must end with it
             manual_ack=True,
             will=Will(status_topic, will_payload),
         )

@@ -8,6 +8,14 @@ is written, when, and what is acknowledged is decided by ``core`` (delivery rule
 accepted by ``intake`` (the checks), how points look by ``points``, the pipeline's own health
 points by ``telemetry``. This module wires them to the world.
 
+Replicas. With ``[bridge] share`` set, the bridge subscribes through ``$share/<share>/...`` with
+a clean session: Mosquitto hands each message to one member of the group and forgets a member as
+soon as its connection is gone (a persistent member that died would keep its turn, and its share
+would queue in its session for ever: ``tests/fleet/test_shared_subscriptions.py``). What a dead
+member held unacknowledged is lost at the broker and comes back from the edge, which resends
+every batch not confirmed (``[mqtt] resend_grace_s``). Without ``share``, replicas split the
+data by ``site``, each with its own persistent session.
+
 Threads, each the only owner of what it touches, and typed messages between them:
 
 - paho's network thread (``connection.MqttBroker``): waits for room in the receive window and
@@ -86,7 +94,10 @@ class Bridge:
 
     def __init__(self, config: BridgeConfig, *, sink: Sink | None = None) -> None:
         self.config = c = config.check()
-        self.subscriptions = [Topic.subscription(kind, c.site) for kind in ("data", "replay", "status")]
+        # Replicas sharing the data: Mosquitto hands each message to one member of the group.
+        share = f"$share/{c.share}/" if c.share else ""
+        kinds = ("data", "replay", "status")
+        self.subscriptions = [share + Topic.subscription(kind, c.site) for kind in kinds]
         self.status_topic = f"soclab-bridge/{c.id}/status"
         self.consumer = f"soclab-bridge/{c.id}"
         self.failure: BaseException | None = None
