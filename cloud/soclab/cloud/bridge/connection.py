@@ -109,7 +109,9 @@ class MqttBroker:
         )
         if _PAHO_LOG.isEnabledFor(logging.DEBUG):  # paho logs every packet: costly at its rates
             self.client.enable_logger(_PAHO_LOG)
-        self.client.max_inflight_messages_set(100)  # our own publishes: dead letters, confirmations
+        # Our own publishes (confirmations, dead letters, status) all go out at once: a window
+        # would hold confirmations back behind PUBACKs, and paho walks it for every PUBACK.
+        self.client.max_inflight_messages_set(0)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

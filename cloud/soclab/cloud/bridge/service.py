@@ -81,6 +81,7 @@ class _Stop:
 
 
 _Inbox = queue.SimpleQueue[Received | WriteDone | _Stop]
+_ROUND = 500  # inbox items the writer handles at most between two rounds of writes and acks
 
 
 class Bridge:
@@ -131,6 +132,7 @@ class Bridge:
             consumer=self.consumer,
             fallback_deadletter_topic=f"soclab-bridge/{c.id}/deadletter",
             excerpt_bytes=c.intake.excerpt_bytes,
+            telemetry_interval_s=c.status_interval_s,  # the bridge's health: status and telemetry alike
         )
         self._core = Core(
             settings,
@@ -217,19 +219,25 @@ class Bridge:
 
     def _run_writer(self) -> None:
         core = self._core
+        inbox = self._inbox
         interval = self.config.status_interval_s
         next_status = time.monotonic() + interval
         while True:
             try:
-                item = self._inbox.get(timeout=core.wait_s())
+                items = [inbox.get(timeout=core.wait_s())]
             except queue.Empty:
-                item = None
-            if isinstance(item, Received):
-                core.receive(item)
-            elif isinstance(item, WriteDone):
-                core.done(item.write, item.outcome)
-            elif isinstance(item, _Stop):
-                core.stop()
+                items = []
+            # What else has come meanwhile, handled before the next round of writes and
+            # acknowledgements: under load the per-round work is shared by many messages.
+            while items and len(items) < _ROUND and not inbox.empty():
+                items.append(inbox.get_nowait())
+            for item in items:
+                if isinstance(item, Received):
+                    core.receive(item)
+                elif isinstance(item, WriteDone):
+                    core.done(item.write, item.outcome)
+                elif isinstance(item, _Stop):
+                    core.stop()
             for write in core.writes():
                 self._writes.put(write)
             core.acknowledge()
