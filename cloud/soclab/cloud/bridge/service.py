@@ -64,6 +64,7 @@ from soclab.cloud.bridge.intake import Intake
 from soclab.cloud.bridge.sink import InfluxSink, Sink, WriteFailed, WriteRejected
 from soclab.cloud.bridge.telemetry import Telemetry
 from soclab.wire import Topic
+from soclab.wire.topics import bridge_consumer, bridge_topic
 
 log = logging.getLogger("soclab.cloud.bridge")
 
@@ -99,8 +100,8 @@ class Bridge:
         share = f"$share/{c.share}/" if c.share else ""
         kinds = ("data", "replay", "status")
         self.subscriptions = [share + Topic.subscription(kind, c.site) for kind in kinds]
-        self.status_topic = f"soclab-bridge/{c.id}/status"
-        self.consumer = f"soclab-bridge/{c.id}"
+        self.status_topic = bridge_topic(c.id, "status")
+        self.consumer = bridge_consumer(c.id)
         self.failure: BaseException | None = None
         self._counters = Counters()
         self._inbox: _Inbox = queue.SimpleQueue()
@@ -130,7 +131,7 @@ class Bridge:
             retry_max_s=c.retry.max_s,
             shutdown_timeout_s=c.shutdown_timeout_s,
             consumer=self.consumer,
-            fallback_deadletter_topic=f"soclab-bridge/{c.id}/deadletter",
+            fallback_deadletter_topic=bridge_topic(c.id, "deadletter"),
             excerpt_bytes=c.intake.excerpt_bytes,
             telemetry_interval_s=c.status_interval_s,  # the bridge's health: status and telemetry alike
         )
