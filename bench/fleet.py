@@ -5,11 +5,13 @@
     make bench-fleet ARGS="--bridges 2"                # two bridges, a static split by site
     make bench-fleet ARGS="--lab-only"                 # the simulated lab's own load only
 
-Each device (``bench/fleet_devices.py``) has its own MQTT connection, topic, sequence numbers
-and ``.../stored`` confirmations, one sample per message (what an MPPT or an e-load sends); a few
-worker processes each run thousands of them on one asyncio loop. Everything else is real and
-started here: Mosquitto, the bridge(s) as processes, Debian's InfluxDB 1.6.7 behind the v2
-write shim (its own process, counted with the database).
+Each device (``bench/loadgen.py``, ``run_swarm``) has its own MQTT connection, topic, sequence
+numbers and ``.../stored`` confirmations, one sample per message (what an MPPT or an e-load
+sends); a few worker processes each run thousands of them through libmosquitto on one ``epoll``
+loop. The generator's own ceiling (the same devices publishing as fast as they can to topics
+nobody reads) is printed first. Everything else is real and started here: Mosquitto, the
+bridge(s) as processes, Debian's InfluxDB 1.6.7 behind the v2 write shim (its own process,
+counted with the database).
 
 Printed for a run: samples published, stored, stored exactly once (per device: count and count
 of distinct sequence numbers in InfluxDB equal to what it published), devices with every sample
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import re
 import resource
@@ -48,12 +49,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fleet_devices import SwarmPlan, SwarmResult, identity, run_swarm
+from loadgen import Swarm, SwarmPlan, SwarmResult, identity, split, swarm_ceiling
 
 from soclab.dev.lab.cli import LabSettings, run_lab
 from soclab.dev.localservices import InfluxDB1, Mosquitto, free_port
 from soclab.dev.localservices.mosquitto import MAX_INFLIGHT_MESSAGES
 from soclab.dev.localservices.process import ServerProcess
+from soclab.wire.mqtt import MqttSettings
 
 DB = "fleet"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -260,33 +262,19 @@ def percentiles(values: array, warmup_mask: array | None = None) -> dict[str, fl
 def run_fleet(
     args: argparse.Namespace, devices: int, duration_s: float, drain_s: float, folder: Path
 ) -> FleetFigures:
-    workers = max(1, min(args.workers, devices // 100 or 1))
+    workers = workers_for(args.workers, devices)
     sites = args.bridges
     with services(folder, args.bridges, args.batch_points, args.inflight) as s:
-        start_at = time.time() + 5.0 + devices / 2000  # connecting takes about 0.5 s per 1000
-        per = [devices // workers + (1 if w < devices % workers else 0) for w in range(workers)]
-        plans, first = [], 0
-        for count in per:
-            plans.append(
-                SwarmPlan(
-                    s.broker.host,
-                    s.broker.port,
-                    first,
-                    count,
-                    sites,
-                    args.rate,
-                    start_at,
-                    duration_s,
-                    drain_s,
-                )
-            )
-            first += count
+        settings = MqttSettings(host=s.broker.host, port=s.broker.port)
+        plans = [
+            SwarmPlan(settings, first, count, sites, args.rate, duration_s, drain_s)
+            for first, count in split(devices, workers)
+        ]
         pids = {"broker": s.broker.pid, "influxd": s.db.pid, "v2shim": s.shim_pid}
         pids.update({f"bridge{k}": p.pid for k, p in enumerate(s.bridges)})
         window = CpuWindow(
             {k: v for k, v in pids.items() if v}, tuple(f"bridge{k}" for k in range(len(s.bridges)))
         )
-        ctx = multiprocessing.get_context("spawn")
         spy_out = folder / "bridge0.pyspy.txt"
         spy: list[subprocess.Popen[bytes] | None] = []
 
@@ -294,14 +282,12 @@ def run_fleet(
             window.start()
             spy.append(profile(s.bridges[0].pid, duration_s - args.warmup, spy_out))
 
-        with ctx.Pool(workers) as pool:
-            pending = pool.map_async(run_swarm, plans)
-            threading.Timer(max(0.0, start_at + args.warmup - time.time()), begin).start()
-            stop_at = start_at + duration_s
-            while time.time() < stop_at and not pending.ready():
-                time.sleep(0.2)
-            window.stop()
-            results: list[SwarmResult] = pending.get(timeout=drain_s + 600)
+        swarm = Swarm(plans)
+        start_at = swarm.start(timeout=120 + devices / 100)
+        threading.Timer(max(0.0, start_at + args.warmup - time.time()), begin).start()
+        time.sleep(max(0.0, start_at + duration_s - time.time()))
+        window.stop()
+        results: list[SwarmResult] = swarm.results(timeout=drain_s + 600)
         hot: list[tuple[float, str]] = []
         if spy and spy[0] is not None:
             spy[0].wait(timeout=60)
@@ -329,6 +315,14 @@ def run_fleet(
             devices, duration_s, sum(published), stored, once, confirmed_devices, dead,
             percentiles(lags), cpu, window.thread_percent, disconnects, hot, unconfirmed,
         )  # fmt: skip
+
+
+def workers_for(wanted: int, devices: int) -> int:
+    """Worker processes: as many as asked (at most one per 100 devices), and enough that each
+    stays within the open-files limit (libmosquitto takes three files per device)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = -(-devices * 3 // (hard - 200))
+    return max(needed, min(wanted, devices // 100 or 1), 1)
 
 
 def stored_counts(db: InfluxDB1, devices: int, sites: int, published: array) -> tuple[int, int]:
@@ -441,6 +435,7 @@ def main() -> None:
     parser.add_argument("--ramp-drain", type=float, default=60.0, help="--drain of the ramp's runs")
     parser.add_argument("--lab-duration", type=float, default=30.0)
     parser.add_argument("--lab-only", action="store_true")
+    parser.add_argument("--ceiling-duration", type=float, default=10.0, help="seconds of the generator alone")
     parser.add_argument("--keep", type=Path, help="keep logs and data in this folder")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("fleet: terminated"))  # stop what was started
@@ -457,6 +452,15 @@ def main() -> None:
                   f"max {f['max']:.3f} s")  # fmt: skip
         if args.lab_only:
             return
+        with Mosquitto(folder / "ceiling") as broker:
+            alone = swarm_ceiling(
+                MqttSettings(host=broker.host, port=broker.port),
+                args.devices,
+                args.ceiling_duration,
+                workers=workers_for(args.workers, args.devices),
+            )
+        print(f"generator alone ({args.devices} devices as fast as they can, nobody reading): {alone}; "
+              f"{1e6 * alone.cpu_s / max(alone.messages, 1):.0f} us of CPU per message")  # fmt: skip
         largest = None
         if args.ramp != "none":
             for n in (int(x) for x in args.ramp.split(",")):

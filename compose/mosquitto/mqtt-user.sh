@@ -9,11 +9,14 @@
 #                                  health check), from compose/secrets/
 #   mqtt-user.sh monitor NAME [FILE]  a read-only account monitor/NAME: its ACL block, then `set`
 #   mqtt-user.sh acl-monitor NAME  only the ACL block of monitor/NAME (no broker needed)
+#   mqtt-user.sh bridge N [FILE]   a bridge replica's account soclab-bridge-N: ACL block, then `set`
+#   mqtt-user.sh acl-bridge N      only the ACL block of soclab-bridge-N (no broker needed)
 #
 # A device's USER is its topic prefix, e.g. lab1/pi-01/mppt (the ACL keys on it). A monitor
-# (soclab watch) is monitor/NAME; the ACL lists each monitor (config/acl, "monitors").
+# (soclab watch) is monitor/NAME; the ACL lists each monitor (config/acl, "monitors"), and each
+# bridge replica ("bridge replicas"; the replica runs with [bridge] id = N).
 set -eu
-usage() { sed -n '4,14p' "$script"; exit 2; }
+usage() { sed -n '4,17p' "$script"; exit 2; }
 script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 compose_dir="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$compose_dir"
@@ -63,7 +66,37 @@ grant_monitor() { # the ACL block of monitor/NAME below the marker line, once
     echo "monitor/$1 added to $acl (commit it where the stack is deployed from)"
 }
 
-revoke_monitor() { # remove the block of monitor/NAME: its user line, topic lines and blank line
+bridge_marker='# bridge replicas:'
+
+grant_bridge() { # the ACL block of soclab-bridge-N below the marker line, once
+    printf '%s' "$1" | grep -Eq '^[a-z0-9][a-z0-9_-]{0,62}$' || {
+        echo "replica name '$1' must be [a-z0-9][a-z0-9_-]* (the bridge's id; account soclab-bridge-$1)" >&2
+        exit 2
+    }
+    grep -q "^$bridge_marker\$" "$acl" || { echo "$acl has no '$bridge_marker' line" >&2; exit 1; }
+    if grep -qx "user soclab-bridge-$1" "$acl"; then
+        echo "soclab-bridge-$1 is already in $acl"
+        return
+    fi
+    tmp_acl="$(mktemp)"
+    awk -v marker="$bridge_marker" -v name="$1" '
+        { print }
+        $0 == marker {
+            print "user soclab-bridge-" name
+            print "topic read soclab/+/+/+/data"
+            print "topic read soclab/+/+/+/status"
+            print "topic read soclab/+/+/+/replay"
+            print "topic write soclab/+/+/+/deadletter"
+            print "topic write soclab/+/+/+/stored"
+            print "topic write soclab/+/+/+/replay/stored"
+            print "topic write soclab-bridge/" name "/#"
+            print ""
+        }' "$acl" > "$tmp_acl"
+    cat "$tmp_acl" > "$acl" && rm -f "$tmp_acl"
+    echo "soclab-bridge-$1 added to $acl (commit it where the stack is deployed from)"
+}
+
+revoke_block() { # remove the block of USER: its user line, topic lines and blank line
     tmp_acl="$(mktemp)"
     awk -v user="user $1" '
         $0 == user { skipping = 1; next }
@@ -100,7 +133,7 @@ case "${1:-}" in
         ;;
     delete)
         [ $# -eq 2 ] || usage
-        case "$2" in monitor/*) revoke_monitor "$2" ;; esac
+        case "$2" in monitor/* | soclab-bridge-*) revoke_block "$2" ;; esac
         in_broker "mosquitto_passwd -D /mosquitto/passwd/passwd \"\$1\" && $fix_owner" "$2" < /dev/null
         reload
         ;;
@@ -114,6 +147,17 @@ case "${1:-}" in
     acl-monitor)
         [ $# -eq 2 ] || usage
         grant_monitor "$2"
+        ;;
+    bridge)
+        [ $# -ge 2 ] || usage
+        grant_bridge "$2"
+        name="$2"
+        shift 2
+        set_user "soclab-bridge-$name" "$@"
+        ;;
+    acl-bridge)
+        [ $# -eq 2 ] || usage
+        grant_bridge "$2"
         ;;
     services)
         set_password soclab-bridge secrets/mqtt_bridge_password

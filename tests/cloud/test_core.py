@@ -371,3 +371,40 @@ def test_the_receive_window_holds_bytes_not_only_messages() -> None:
     window.release(1000)
     window.release(10)
     assert window.take(10_000, stopping)  # one message always fits when nothing is held
+
+
+def test_telemetry_is_taken_at_most_every_interval_and_at_stop() -> None:
+    h = Harness(telemetry_interval_s=5.0)
+
+    def records() -> list[bytes]:
+        return [f for _, _, f in h.db.series(b"soclab_bridge")]
+
+    def write_what_is_due() -> int:
+        h.clock.now += 0.01
+        writes = h.core.writes()
+        for write in writes:
+            h.core.done(write, h.db.write(write.body))
+        return len(writes)
+
+    h.receive(message(0, 10))
+    assert write_what_is_due() == 1
+    assert write_what_is_due() == 1  # the first record is due at once: alone, no data follows
+    assert len(records()) == 1
+    for first in range(10, 50, 10):  # four writes within the interval: no record on them
+        h.clock.now += 0.5
+        h.receive(message(first, 10))
+        assert write_what_is_due() == 1
+    assert len(records()) == 1
+    assert h.db.seqs() == list(range(50))
+    assert write_what_is_due() == 0
+    assert h.core.wait_s() > 0  # the pending record is not due yet: the owner may sleep
+    h.clock.now += 5.0
+    assert write_what_is_due() == 1  # due: it goes alone, with the four writes' samples
+    assert len(records()) == 2
+    assert b"samples=40i" in records()[1]
+    h.receive(message(50, 10))
+    assert write_what_is_due() == 1
+    h.core.stop()
+    h.run(advance_s=0.01)
+    assert h.core.finished()  # at stop the record is not held back
+    assert sum(int(re.search(rb"samples=(\d+)i", f).group(1)) for f in records()) == 60  # type: ignore[union-attr]

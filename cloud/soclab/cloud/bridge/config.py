@@ -77,6 +77,7 @@ class _TopLevel:
 
     id: str = "bridge"  # names the status topic soclab-bridge/<id>/status and the dead letters' consumer
     site: str = "+"  # subscribe to soclab/<site>/+/+/data (and replay, status); "+" is every site
+    share: str = ""  # replicas' group on one Mosquitto: subscribe via $share/<share>/..., clean session
     status_interval_s: float = 5.0
     shutdown_timeout_s: float = 10.0  # at stop, how long to keep retrying a write before leaving it
     log_level: str = "INFO"
@@ -88,6 +89,7 @@ class BridgeConfig:
     influx: InfluxConfig
     id: str = _TopLevel.id
     site: str = _TopLevel.site
+    share: str = _TopLevel.share
     status_interval_s: float = _TopLevel.status_interval_s
     shutdown_timeout_s: float = _TopLevel.shutdown_timeout_s
     log_level: str = _TopLevel.log_level
@@ -105,6 +107,8 @@ class BridgeConfig:
             raise ConfigError(f"[bridge] id {self.id!r} must match {_NAME.pattern}")
         if self.site != "+" and not _NAME.fullmatch(self.site):
             raise ConfigError(f"[bridge] site {self.site!r} must be '+' or match {_NAME.pattern}")
+        if self.share and not _NAME.fullmatch(self.share):
+            raise ConfigError(f"[bridge] share {self.share!r} must be empty or match {_NAME.pattern}")
         for name in ("url", "org", "bucket"):
             if not getattr(self.influx, name):
                 raise ConfigError(f"[influx] {name} is required")

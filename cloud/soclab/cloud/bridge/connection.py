@@ -103,13 +103,15 @@ class MqttBroker:
         self.client = make_client(
             config.mqtt,
             config.client_id,
-            clean_session=False,
+            clean_session=bool(config.share),  # a shared member's session must end with it
             manual_ack=True,
             will=Will(status_topic, will_payload),
         )
         if _PAHO_LOG.isEnabledFor(logging.DEBUG):  # paho logs every packet: costly at its rates
             self.client.enable_logger(_PAHO_LOG)
-        self.client.max_inflight_messages_set(100)  # our own publishes: dead letters, confirmations
+        # Our own publishes (confirmations, dead letters, status) all go out at once: a window
+        # would hold confirmations back behind PUBACKs, and paho walks it for every PUBACK.
+        self.client.max_inflight_messages_set(0)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

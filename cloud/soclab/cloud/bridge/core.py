@@ -30,8 +30,10 @@ Rules it keeps:
   dead-lettered, and the dead letter says which were refused and why.
 - **Confirmations**: after each write, one ``soclab.stored/1`` message per device (on ``stored``,
   or ``replay/stored`` for a replay) names the sequence numbers now stored or dead-lettered.
-- **Telemetry**: a record of what was stored and dead-lettered rides on the next data write, or
-  goes alone when no data follows; its lines keep their time stamp when written again.
+- **Telemetry**: a record of what was stored and dead-lettered is taken at most every
+  ``telemetry_interval_s`` (a busy fleet would otherwise add a point per device to every write)
+  and at stop; it rides on the next data write, or goes alone when no data follows; its lines keep
+  their time stamp when written again.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ class Settings:
     consumer: str = "soclab-bridge/bridge"  # names the bridge in dead letters and confirmations
     fallback_deadletter_topic: str = "soclab-bridge/bridge/deadletter"
     excerpt_bytes: int = 64 * 1024
+    telemetry_interval_s: float = 0.0  # a telemetry record at most this often (0: with every write)
 
 
 class Counters:
@@ -236,6 +239,7 @@ class Core:
         self._retry_at: float | None = None
         self._delay = settings.retry_initial_s
         self._detached: list[bytes] = []  # telemetry lines taken out of a refused write
+        self._telemetry_at = 0.0  # when the next telemetry record may be taken
         self._received = 0
         self._resolved = 0
         self._pending_bytes = 0
@@ -304,8 +308,8 @@ class Core:
             if write is not None:
                 self._inflight = write
                 return [write]
-        if not self._forming and (self.telemetry.pending or self._detached):
-            lines = self._detached + self.telemetry.take(self.clock.time_ns())
+        if not self._forming and (self._detached or self._telemetry_due(now)):
+            lines = self._detached + (self._take_telemetry(now) if self._telemetry_due(now) else [])
             self._detached = []
             self._inflight = Write(b"\n".join(lines), _Job([], telemetry=lines))
             return [self._inflight]
@@ -362,6 +366,9 @@ class Core:
             wait = min(wait, due - now)
         if self._retry_at is not None and self._inflight is None:
             wait = min(wait, self._retry_at - now)
+        busy = self._forming or self._jobs or self._inflight is not None or self._retry_at is not None
+        if self.telemetry.pending and not busy:
+            wait = min(wait, self._telemetry_at - now)  # a record alone when due
         return max(0.0, wait)
 
     @property
@@ -391,6 +398,13 @@ class Core:
 
     # --- writing ---------------------------------------------------------------------------------
 
+    def _telemetry_due(self, now: float) -> bool:
+        return self.telemetry.pending and (self._stopping or now >= self._telemetry_at)
+
+    def _take_telemetry(self, now: float) -> list[bytes]:
+        self._telemetry_at = now + self.settings.telemetry_interval_s
+        return self.telemetry.take(self.clock.time_ns())
+
     def _cut(self) -> None:
         self._jobs.append(_Job(self._forming))
         self._forming, self._forming_points = [], 0
@@ -412,8 +426,8 @@ class Core:
         job.entries = live
         if job.lines is not None:
             return Write(b"\n".join(job.lines), job)
-        if not job.telemetry and not self._detached and self.telemetry.pending:
-            job.telemetry = self.telemetry.take(self.clock.time_ns())
+        if not job.telemetry and not self._detached and self._telemetry_due(self.clock.monotonic()):
+            job.telemetry = self._take_telemetry(self.clock.monotonic())
         body = b"\n".join(e.body for e in live)
         if job.telemetry:
             body += b"\n" + b"\n".join(job.telemetry)

@@ -8,6 +8,14 @@ is written, when, and what is acknowledged is decided by ``core`` (delivery rule
 accepted by ``intake`` (the checks), how points look by ``points``, the pipeline's own health
 points by ``telemetry``. This module wires them to the world.
 
+Replicas. With ``[bridge] share`` set, the bridge subscribes through ``$share/<share>/...`` with
+a clean session: Mosquitto hands each message to one member of the group and forgets a member as
+soon as its connection is gone (a persistent member that died would keep its turn, and its share
+would queue in its session for ever: ``tests/fleet/test_shared_subscriptions.py``). What a dead
+member held unacknowledged is lost at the broker and comes back from the edge, which resends
+every batch not confirmed (``[mqtt] resend_grace_s``). Without ``share``, replicas split the
+data by ``site``, each with its own persistent session.
+
 Threads, each the only owner of what it touches, and typed messages between them:
 
 - paho's network thread (``connection.MqttBroker``): waits for room in the receive window and
@@ -74,6 +82,7 @@ class _Stop:
 
 
 _Inbox = queue.SimpleQueue[Received | WriteDone | _Stop]
+_ROUND = 500  # inbox items the writer handles at most between two rounds of writes and acks
 
 
 class Bridge:
@@ -87,7 +96,10 @@ class Bridge:
 
     def __init__(self, config: BridgeConfig, *, sink: Sink | None = None) -> None:
         self.config = c = config.check()
-        self.subscriptions = [Topic.subscription(kind, c.site) for kind in ("data", "replay", "status")]
+        # Replicas sharing the data: Mosquitto hands each message to one member of the group.
+        share = f"$share/{c.share}/" if c.share else ""
+        kinds = ("data", "replay", "status")
+        self.subscriptions = [share + Topic.subscription(kind, c.site) for kind in kinds]
         self.status_topic = bridge_topic(c.id, "status")
         self.consumer = bridge_consumer(c.id)
         self.failure: BaseException | None = None
@@ -121,6 +133,7 @@ class Bridge:
             consumer=self.consumer,
             fallback_deadletter_topic=bridge_topic(c.id, "deadletter"),
             excerpt_bytes=c.intake.excerpt_bytes,
+            telemetry_interval_s=c.status_interval_s,  # the bridge's health: status and telemetry alike
         )
         self._core = Core(
             settings,
@@ -207,19 +220,25 @@ class Bridge:
 
     def _run_writer(self) -> None:
         core = self._core
+        inbox = self._inbox
         interval = self.config.status_interval_s
         next_status = time.monotonic() + interval
         while True:
             try:
-                item = self._inbox.get(timeout=core.wait_s())
+                items = [inbox.get(timeout=core.wait_s())]
             except queue.Empty:
-                item = None
-            if isinstance(item, Received):
-                core.receive(item)
-            elif isinstance(item, WriteDone):
-                core.done(item.write, item.outcome)
-            elif isinstance(item, _Stop):
-                core.stop()
+                items = []
+            # What else has come meanwhile, handled before the next round of writes and
+            # acknowledgements: under load the per-round work is shared by many messages.
+            while items and len(items) < _ROUND and not inbox.empty():
+                items.append(inbox.get_nowait())
+            for item in items:
+                if isinstance(item, Received):
+                    core.receive(item)
+                elif isinstance(item, WriteDone):
+                    core.done(item.write, item.outcome)
+                elif isinstance(item, _Stop):
+                    core.stop()
             for write in core.writes():
                 self._writes.put(write)
             core.acknowledge()

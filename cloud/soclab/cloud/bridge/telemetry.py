@@ -37,9 +37,11 @@ time             when the record was taken (the bridge's clock, ns; strictly inc
 
 Samples per device and interval are ``sum("samples")``; lag is ``max("lag_max_s")``; dead
 letters are ``sum("dead_letters")``. A record counts what InfluxDB has confirmed (stored
-messages) and dead letters; the bridge writes it with its next data write, or alone when no data
-follows. Its lines are fixed once taken: written again after a failed or refused write they are
-the same points (same time), so nothing is counted twice, not even after a partial write.
+messages) and dead letters; the bridge takes one at most every ``status_interval_s`` (a fleet
+costs a point per device and interval, not per device and write) and writes it with its next
+data write, or alone when no data follows. Its lines are fixed once taken: written again after a
+failed or refused write they are the same points (same time), so nothing is counted twice, not
+even after a partial write.
 """
 
 from __future__ import annotations
