@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 ROOT = "soclab"
-KINDS = ("data", "status", "stored", "deadletter", "cmd", "cmd/result")
+KINDS = ("data", "status", "stored", "deadletter", "cmd", "cmd/result", "journal")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
