@@ -6,6 +6,9 @@
 #                                  printed once (put it in the device's vault, see the README)
 #   mqtt-user.sh delete USER       the user can no longer connect (sessions end at reconnect)
 #   mqtt-user.sh services          soclab-bridge and soclab-telegraf, from compose/secrets/
+#   mqtt-user.sh operator NAME [FILE]   the operator account operator/NAME: its ACL block (once;
+#                                  commit the ACL) and its password, as for `set`
+#   mqtt-user.sh acl operator NAME print the ACL block of operator/NAME (the tests use it)
 #
 # A device's USER is its topic prefix, e.g. lab1/pi-01/mppt (the ACL keys on it).
 set -eu
@@ -25,6 +28,16 @@ reload() {
     fi
 }
 
+operator_block() { # the ACL lines of operator/NAME
+    printf 'user operator/%s\ntopic write soclab/+/+/+/cmd\ntopic read soclab/#\ntopic read soclab-bridge/#\n' "$1"
+}
+
+check_name() {
+    case "$1" in
+        ""|*[!a-z0-9_-]*) echo "operator names are lower-case letters, digits, - and _: got '$1'" >&2; exit 2 ;;
+    esac
+}
+
 fix_owner='chown mosquitto:mosquitto /mosquitto/passwd/passwd && chmod 0600 /mosquitto/passwd/passwd'
 
 set_password() { # user, file with the password
@@ -33,7 +46,7 @@ set_password() { # user, file with the password
 
 case "${1:-}" in
     set)
-        [ $# -ge 2 ] || { sed -n '4,12p' "$0"; exit 2; }
+        [ $# -ge 2 ] || { sed -n '4,16p' "$0"; exit 2; }
         user="$2"
         if [ $# -ge 3 ]; then
             set_password "$user" "$3"
@@ -47,9 +60,25 @@ case "${1:-}" in
         reload
         ;;
     delete)
-        [ $# -eq 2 ] || { sed -n '4,12p' "$0"; exit 2; }
+        [ $# -eq 2 ] || { sed -n '4,16p' "$0"; exit 2; }
         in_broker "mosquitto_passwd -D /mosquitto/passwd/passwd \"\$1\" && $fix_owner" "$2" < /dev/null
         reload
+        ;;
+    operator)
+        [ $# -ge 2 ] || { sed -n '4,16p' "$0"; exit 2; }
+        check_name "$2"
+        if ! grep -qx "user operator/$2" mosquitto/config/acl; then
+            { echo; operator_block "$2"; } >> mosquitto/config/acl
+            echo "ACL: added operator/$2 (commit mosquitto/config/acl)"
+        fi
+        shift
+        set -- set "operator/$@"
+        exec "$0" "$@"
+        ;;
+    acl)
+        [ $# -eq 3 ] && [ "$2" = operator ] || { sed -n '4,16p' "$0"; exit 2; }
+        check_name "$3"
+        operator_block "$3"
         ;;
     services)
         set_password soclab-bridge secrets/mqtt_bridge_password
@@ -57,7 +86,7 @@ case "${1:-}" in
         reload
         ;;
     *)
-        sed -n '4,12p' "$0"
+        sed -n '4,16p' "$0"
         exit 2
         ;;
 esac
