@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := mosquitto influxdb
+APT_PACKAGES := mosquitto influxdb nats-server
 # Arguments passed through, e.g. `make lab ARGS="--config lab.toml"` or `make test PYTEST="-k mppt"`.
 ARGS ?=
 PYTEST ?=
@@ -31,13 +31,14 @@ lint: setup
 
 setup: system $(VENV)/.installed
 
-# Debian/Ubuntu packages: the local broker and database (not started as services here; soclab
-# starts its own instances on free ports), what `python3 -m venv` needs, openssl (the broker's CA
+# Debian/Ubuntu packages: the local broker and database, nats-server (the clustered broker tier)
+# (not started as services here; soclab starts its own instances on free ports), what `python3 -m venv` needs, openssl (the broker's CA
 # script) and debootstrap (the Ansible tests converge the roles on a Debian root they build).
 system:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v influxd >/dev/null || missing="$$missing influxdb"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
@@ -46,7 +47,7 @@ system:
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing \
-	    && { $$sudo systemctl disable --now mosquitto influxdb >/dev/null 2>&1 || true; }; \
+	    && { $$sudo systemctl disable --now mosquitto influxdb nats-server >/dev/null 2>&1 || true; }; \
 	fi
 
 $(VENV)/.installed: requirements/dev.txt requirements/constraints.txt $(wildcard */pyproject.toml)

@@ -13,7 +13,7 @@ import pytest
 
 from soclab.dev.lab.cli import LabSettings
 
-EXAMPLE = Path(__file__).parents[1] / "cloud" / "soclab" / "cloud" / "lab" / "lab.example.toml"
+EXAMPLE = Path(__file__).parents[1] / "dev" / "soclab" / "dev" / "lab" / "lab.example.toml"
 
 
 def test_the_example_settings_load(tmp_path):

@@ -4,7 +4,15 @@ publisher, the bridge, its health check and the operator's tools cannot drift ap
 ``MqttSettings`` is the ``[mqtt]`` table every process shares (a process adds its own keys by
 subclassing it); ``with_password`` reads the one secret; ``make_client`` builds the paho client:
 MQTT 3.1.1, callback API 2, user name and password, TLS with the project's CA (and a client
-certificate where the broker asks for one), reconnect backoff.
+certificate where the broker asks for one), reconnect backoff, and failover across the nodes of
+a clustered broker.
+
+Failover. ``failover`` names the other nodes of a clustered broker (NATS's MQTT tier, see the
+README), ``host:port`` separated by commas, tried after ``host``/``port``. Every reconnection
+attempt goes to the next node in that ring, with paho's usual backoff between attempts, so a
+client whose node dies is on the next one after one ``reconnect_min_s``. A client's persistent
+session lives in the cluster, not in the node, so it carries on where it stopped. Clients of one
+Mosquitto leave ``failover`` empty: a second Mosquitto would not have their session.
 
 The password never comes from the TOML file. It comes from the environment variable the process
 names (``SOCLAB_MQTT_PASSWORD`` for a publisher, ``SOCLAB_BRIDGE_MQTT_PASSWORD`` for the bridge)
@@ -28,6 +36,7 @@ from soclab.wire.settings import ConfigError
 class MqttSettings:
     host: str = "localhost"
     port: int = 1883
+    failover: str = ""  # other nodes of the same cluster: "host:port,host:port" (see above)
     client_id: str = ""  # empty: the process's own default
     username: str = ""
     password_file: str = ""  # or the process's password variable; never the TOML itself
@@ -68,6 +77,22 @@ class MqttSettings:
             raise ConfigError(f"{where} needs 0 < reconnect_min_s <= reconnect_max_s")
         if self.keepalive_s <= 0:
             raise ConfigError(f"{where} keepalive_s must be positive")
+        self.brokers(where)
+
+    def brokers(self, where: str = "[mqtt]") -> list[tuple[str, int]]:
+        """``(host, port)`` of every broker to try, ``host``/``port`` first, then ``failover``."""
+        brokers = [(self.host, self.port)]
+        for entry in self.failover.split(","):
+            entry = entry.strip()
+            if not entry:
+                continue
+            host, colon, port = entry.rpartition(":")
+            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"{where} failover entry {entry!r} is not host:port")
+            brokers.append((host.strip("[]"), int(port)))
+        if len(set(brokers)) != len(brokers):
+            raise ConfigError(f"{where} failover names a broker twice: {brokers}")
+        return brokers
 
 
 @dataclass(frozen=True)
@@ -91,9 +116,12 @@ def make_client(
     """A paho client that has not connected yet; the caller sets callbacks and connects.
 
     ``clean_session=False`` with a fixed ``client_id`` keeps the session (subscriptions and
-    QoS 1 messages) at the broker while the client is away.
+    QoS 1 messages) at the broker while the client is away. Connect it with
+    ``connect_async(settings.host, settings.port, ...)``; with ``failover`` set, its reconnections
+    go round the other nodes (``FailoverClient``).
     """
-    client = mqtt.Client(
+    client = FailoverClient(
+        settings.brokers(),
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session,
@@ -114,6 +142,29 @@ def make_client(
         min_delay=max(1, round(settings.reconnect_min_s)), max_delay=max(1, round(settings.reconnect_max_s))
     )
     return client
+
+
+class FailoverClient(mqtt.Client):
+    """A paho client whose every reconnection attempt goes to the next broker of ``brokers``.
+
+    paho reconnects (from its network thread, after its backoff) by calling ``reconnect()``; the
+    first call connects to where ``connect_async`` pointed, every later one moves to the next
+    broker of the ring first. With one broker this is paho's own behaviour.
+    """
+
+    def __init__(self, brokers: list[tuple[str, int]], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.brokers = list(brokers)
+        self._attempts = 0
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        if self._attempts and len(self.brokers) > 1:
+            current = (self.host, self.port)
+            i = self.brokers.index(current) if current in self.brokers else -1
+            host, port = self.brokers[(i + 1) % len(self.brokers)]
+            self.connect_async(host, port, self.keepalive)  # paho's way to change host and port
+        self._attempts += 1
+        return super().reconnect()
 
 
 def secure(
