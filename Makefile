@@ -32,8 +32,10 @@ lint: setup
 setup: system $(VENV)/.installed
 
 # Debian/Ubuntu packages: the local broker and database, nats-server (the clustered broker tier)
-# (not started as services here; soclab starts its own instances on free ports), what `python3 -m venv` needs, openssl (the broker's CA
-# script) and debootstrap (the Ansible tests converge the roles on a Debian root they build).
+# (not started as services here; soclab starts its own instances on free ports), what `python3
+# -m venv` needs, openssl (the broker's CA script), debootstrap (the Ansible tests converge the
+# roles on a Debian root they build), mosquitto-clients, jq and tmux (the tests of `soclab
+# watch` and of the README's recipes).
 system:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -42,6 +44,9 @@ system:
 	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
+	command -v jq >/dev/null || missing="$$missing jq"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \

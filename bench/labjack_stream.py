@@ -3,6 +3,10 @@ pipeline: scans/s sustained, stored/s, device and LJM backlog, CPU of the publis
 
     make bench-labjack
     .venv/bin/python bench/labjack_stream.py --seconds 60 --scan-rate 10000 --scans-per-read 1000
+    .venv/bin/python bench/labjack_stream.py --watch    # and `soclab watch` on the stream, in tmux
+
+With ``--watch``, ``soclab watch`` runs in a terminal (tmux, 200 x 50) on the same broker: its CPU
+is measured beside the others, and its last screen is printed (it says there if it fell behind).
 
 Runs `make lab`'s machinery with only the LabJack: the simulated battery process, the LabJack
 publisher (its own process, as on the Pi), Mosquitto, the bridge, InfluxDB 1.6.7. CPU is read
@@ -14,6 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,6 +50,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--scan-rate", type=float, default=10_000.0)
     parser.add_argument("--scans-per-read", type=int, default=1000)
+    parser.add_argument("--watch", action="store_true", help="also run soclab watch in tmux; its CPU")
     args = parser.parse_args()
     status: dict[str, dict] = {}
     with (
@@ -79,8 +87,11 @@ def main() -> None:
                         max_backlog[key] = max(max_backlog[key], body.get("gauges", {}).get(key) or 0)
 
         with run_lab(settings, Path(tmp) / "var") as (_view, children):
+            monitor = Monitor(broker, f"soclab-bench-{os.getpid()}") if args.watch else None
             time.sleep(5.0)  # the stream starts, the first messages flow
             pids = {"publisher": children.pid("labjack"), "bridge": children.pid("bridge")}
+            if monitor is not None:
+                pids["soclab watch"] = monitor.pid()
             stop = threading.Event()
             threading.Thread(target=watch_backlog, args=(stop,), daemon=True).start()
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -94,6 +105,9 @@ def main() -> None:
             last = next(iter(status.values()), {})
             stop.set()
             failed = children.failed()
+            screen = monitor.screen() if monitor is not None else ""
+            if monitor is not None:
+                monitor.close()
         watcher.loop_stop()
     scans = last.get("counters", {}).get("scans_read", 0) - first.get("counters", {}).get("scans_read", 0)
     scan_rate = scans / max(1e-9, (last.get("t_ns", 0) - first.get("t_ns", 0)) / 1e9)
@@ -107,6 +121,43 @@ def main() -> None:
     for name in pids:
         print(f"CPU {name:<10} {(cpu1[name] - cpu0[name]) / elapsed * 100:6.1f} % of one core")
     print(f"spool depth at the end: {gauges.get('spool_depth')}, processes failed: {failed or 'none'}")
+    if screen:
+        print("soclab watch's last screen:\n" + screen.rstrip())
+
+
+class Monitor:
+    """``soclab watch`` on the broker, in a tmux window of its own (its own tmux server)."""
+
+    def __init__(self, broker: Mosquitto, socket: str) -> None:
+        self.tmux = ["tmux", "-L", socket]
+        watch = [
+            sys.executable,
+            "-m",
+            "soclab.tools.cli",
+            "watch",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+        ]
+        command = "exec " + shlex.join(watch)  # exec: the pane's process is the monitor itself
+        subprocess.run(
+            [*self.tmux, "new-session", "-d", "-s", "watch", "-x", "200", "-y", "50", command], check=True
+        )
+
+    def pid(self) -> int:
+        out = subprocess.run(
+            [*self.tmux, "display", "-p", "-t", "watch", "#{pane_pid}"], capture_output=True, text=True
+        )
+        return int(out.stdout)
+
+    def screen(self) -> str:
+        return subprocess.run(
+            [*self.tmux, "capture-pane", "-p", "-t", "watch"], capture_output=True, text=True
+        ).stdout
+
+    def close(self) -> None:
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 if __name__ == "__main__":

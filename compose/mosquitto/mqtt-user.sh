@@ -6,12 +6,18 @@
 #                                  printed once (put it in the device's vault, see the README)
 #   mqtt-user.sh delete USER       the user can no longer connect (sessions end at reconnect)
 #   mqtt-user.sh services          soclab-bridge and soclab-telegraf, from compose/secrets/
-#   mqtt-user.sh operator NAME [FILE]   the operator account operator/NAME: its ACL block (once;
-#                                  commit the ACL) and its password, as for `set`
-#   mqtt-user.sh acl operator NAME print the ACL block of operator/NAME (the tests use it)
+#   mqtt-user.sh monitor NAME [FILE]  a read-only account monitor/NAME: its ACL block, then `set`
+#   mqtt-user.sh acl-monitor NAME  only the ACL block of monitor/NAME (no broker needed)
+#   mqtt-user.sh operator NAME [FILE]  an account operator/NAME that commands every device and
+#                                  run controller: its ACL block, then `set`
+#   mqtt-user.sh acl-operator NAME only the ACL block of operator/NAME (no broker needed)
 #
-# A device's USER is its topic prefix, e.g. lab1/pi-01/mppt (the ACL keys on it).
+# A device's USER is its topic prefix, e.g. lab1/pi-01/mppt (the ACL keys on it). A monitor
+# (soclab watch) is monitor/NAME, an operator (soclab run, soclab cmd) operator/NAME; the ACL
+# lists each of them (config/acl, "monitors" and "operators").
 set -eu
+usage() { sed -n '4,17p' "$script"; exit 2; }
+script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 compose_dir="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$compose_dir"
 mkdir -p mosquitto/passwd
@@ -28,14 +34,51 @@ reload() {
     fi
 }
 
-operator_block() { # the ACL lines of operator/NAME
-    printf 'user operator/%s\ntopic write soclab/+/+/+/cmd\ntopic read soclab/#\ntopic read soclab-bridge/#\n' "$1"
+acl=mosquitto/config/acl
+
+role_name() { # ROLE NAME: NAME is a topic level: lower-case letters, digits, - and _
+    printf '%s' "$2" | grep -Eq '^[a-z0-9][a-z0-9_-]{0,62}$' || {
+        echo "$1 name '$2' must be [a-z0-9][a-z0-9_-]* (it becomes $1/$2)" >&2
+        exit 2
+    }
 }
 
-check_name() {
+role_lines() { # ROLE NAME: the topic lines of ROLE/NAME's block
     case "$1" in
-        ""|*[!a-z0-9_-]*) echo "operator names are lower-case letters, digits, - and _: got '$1'" >&2; exit 2 ;;
+        monitor) printf '%s\n' "topic read soclab/#" "topic read soclab-bridge/+/status" \
+                     "topic read soclab-bridge/+/deadletter" "topic deny soclab/monitor/$2/#" ;;
+        operator) printf '%s\n' "topic write soclab/+/+/+/cmd" "topic read soclab/#" \
+                      "topic read soclab-bridge/+/status" "topic read soclab-bridge/+/deadletter" \
+                      "topic deny soclab/operator/$2/#" ;;
     esac
+}
+
+grant() { # ROLE NAME: the ACL block of ROLE/NAME below the line "# ROLEs:", once
+    role_name "$1" "$2"
+    marker="# $1s:"
+    grep -q "^$marker\$" "$acl" || { echo "$acl has no '$marker' line" >&2; exit 1; }
+    if grep -qx "user $1/$2" "$acl"; then
+        echo "$1/$2 is already in $acl"
+        return
+    fi
+    tmp_lines="$(mktemp)"
+    { echo "user $1/$2"; role_lines "$1" "$2"; echo; } > "$tmp_lines"
+    tmp_acl="$(mktemp)"
+    awk -v marker="$marker" -v block="$tmp_lines" '
+        { print }
+        $0 == marker { while ((getline line < block) > 0) print line }' "$acl" > "$tmp_acl"
+    cat "$tmp_acl" > "$acl" && rm -f "$tmp_acl" "$tmp_lines"
+    echo "$1/$2 added to $acl (commit it where the stack is deployed from)"
+}
+
+revoke() { # remove the block of USER: its user line, topic lines and blank line
+    tmp_acl="$(mktemp)"
+    awk -v user="user $1" '
+        $0 == user { skipping = 1; next }
+        skipping && /^topic / { next }
+        skipping && $0 == "" { skipping = 0; next }
+        { skipping = 0; print }' "$acl" > "$tmp_acl"
+    cat "$tmp_acl" > "$acl" && rm -f "$tmp_acl"
 }
 
 fix_owner='chown mosquitto:mosquitto /mosquitto/passwd/passwd && chmod 0600 /mosquitto/passwd/passwd'
@@ -44,41 +87,41 @@ set_password() { # user, file with the password
     in_broker "mosquitto_passwd -b /mosquitto/passwd/passwd \"\$1\" \"\$(cat)\" && $fix_owner" "$1" < "$2"
 }
 
+set_user() { # user [file]: that file's password, or a new one printed once
+    if [ $# -ge 2 ]; then
+        set_password "$1" "$2"
+    else
+        tmp="$(mktemp)"
+        trap 'rm -f "$tmp"' EXIT
+        openssl rand -base64 48 | tr -d '/+=\n' | cut -c 1-32 > "$tmp"
+        set_password "$1" "$tmp"
+        echo "password of $1 (shown once): $(cat "$tmp")"
+    fi
+    reload
+}
+
 case "${1:-}" in
     set)
-        [ $# -ge 2 ] || { sed -n '4,16p' "$0"; exit 2; }
-        user="$2"
-        if [ $# -ge 3 ]; then
-            set_password "$user" "$3"
-        else
-            tmp="$(mktemp)"
-            trap 'rm -f "$tmp"' EXIT
-            openssl rand -base64 48 | tr -d '/+=\n' | cut -c 1-32 > "$tmp"
-            set_password "$user" "$tmp"
-            echo "password of $user (shown once): $(cat "$tmp")"
-        fi
-        reload
+        [ $# -ge 2 ] || usage
+        shift
+        set_user "$@"
         ;;
     delete)
-        [ $# -eq 2 ] || { sed -n '4,16p' "$0"; exit 2; }
+        [ $# -eq 2 ] || usage
+        case "$2" in monitor/*|operator/*) revoke "$2" ;; esac
         in_broker "mosquitto_passwd -D /mosquitto/passwd/passwd \"\$1\" && $fix_owner" "$2" < /dev/null
         reload
         ;;
-    operator)
-        [ $# -ge 2 ] || { sed -n '4,16p' "$0"; exit 2; }
-        check_name "$2"
-        if ! grep -qx "user operator/$2" mosquitto/config/acl; then
-            { echo; operator_block "$2"; } >> mosquitto/config/acl
-            echo "ACL: added operator/$2 (commit mosquitto/config/acl)"
-        fi
-        shift
-        set -- set "operator/$@"
-        exec "$0" "$@"
+    monitor|operator)
+        [ $# -ge 2 ] || usage
+        grant "$1" "$2"
+        user="$1/$2"
+        shift 2
+        set_user "$user" "$@"
         ;;
-    acl)
-        [ $# -eq 3 ] && [ "$2" = operator ] || { sed -n '4,16p' "$0"; exit 2; }
-        check_name "$3"
-        operator_block "$3"
+    acl-monitor|acl-operator)
+        [ $# -eq 2 ] || usage
+        grant "${1#acl-}" "$2"
         ;;
     services)
         set_password soclab-bridge secrets/mqtt_bridge_password
@@ -86,7 +129,6 @@ case "${1:-}" in
         reload
         ;;
     *)
-        sed -n '4,16p' "$0"
-        exit 2
+        usage
         ;;
 esac

@@ -238,15 +238,16 @@ def test_the_venv_has_the_edge_distribution_only(converged: Converged) -> None:
             python,
             "-c",
             "import importlib.util as u, soclab.edge.publisher.cli, soclab.wire;"
-            "print(u.find_spec('influxdb_client'), u.find_spec('soclab.cloud'),"
-            " u.find_spec('labjack.ljm') is not None)",
+            "print(u.find_spec('influxdb_client'), u.find_spec('soclab.cloud'), u.find_spec('soclab.dev'),"
+            " u.find_spec('soclab.tools'), u.find_spec('labjack.ljm') is not None)",
         ]
     )
-    assert result.stdout.split() == ["None", "None", "True"]
+    # No server code, no development code (local servers, simulators, the LJM stand-in) on the Pi.
+    assert result.stdout.split() == ["None", "None", "None", "None", "True"]
     packages = converged.target.run([python, "-m", "pip", "list", "--format=freeze"]).stdout.lower()
     names = {line.split("==")[0] for line in packages.split()}
-    assert {"soclab-edge", "soclab-wire", "paho-mqtt", "pyserial", "labjack-ljm"} <= names
-    assert not names & {"influxdb-client", "soclab-cloud", "reactivex"}, names
+    assert {"soclab-edge", "soclab-wire", "paho-mqtt", "pyserial", "labjack-ljm", "msgspec"} <= names
+    assert not names & {"influxdb-client", "soclab-cloud", "soclab-dev", "soclab-tools", "reactivex"}, names
 
 
 def expected_config(instrument: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +256,7 @@ def expected_config(instrument: dict[str, Any]) -> dict[str, Any]:
     files = f"/etc/soclab/secrets/{user(device).replace('/', '.')}"
     table = {"port": f"/dev/soclab-{device}"} if instrument["kind"] != "labjack" else {}
     if instrument["kind"] == "mppt":
-        table |= {"extra_fields": ["int_degc", "mosfet_degc", "bat_degc"], "extra_every_s": 10.0}
+        table |= {"extra_fields": ["int_degc", "bat_degc"], "extra_every_s": 10.0}
     return {
         "log_level": instrument.get("log_level", "INFO"),
         "source": {"site": SITE, "node": HOST, "device": device, "kind": instrument["kind"]},
@@ -303,12 +304,12 @@ def test_the_publisher_accepts_its_configuration_as_the_service_user(converged: 
     script = (
         "import sys\n"
         "from soclab.edge.publisher import config as c\n"
-        "from soclab.edge.instruments import driver_class\n"
+        "from soclab.edge.instruments import build\n"
         "from soclab.edge.instruments.labjack_t7.backend import LJMUnavailable\n"
         "for device in sys.argv[1:]:\n"
         "    cfg = c.load(f'/etc/soclab/publishers/{device}.toml', env={})\n"
         "    try:\n"
-        "        driver_class(cfg.source.kind).from_config(cfg.instrument)\n"
+        "        build(cfg.source.kind, cfg.instrument)\n"
         "    except LJMUnavailable:\n"
         "        pass  # the settings were checked; LJM's native library is not installed here\n"
         "    print(device, cfg.topic, cfg.spool_path, cfg.spool.max_samples, cfg.mqtt.password)\n"

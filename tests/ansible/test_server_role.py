@@ -38,6 +38,7 @@ SITE = "lab3"
 EDGE = {"pi-03": ["mppt", "eload"], "pi-04.lab3.test": ["labjack"]}
 DEVICES = [f"{SITE}/{host.split('.')[0]}/{device}" for host, devices in EDGE.items() for device in devices]
 SERVICES = ["soclab-bridge", "soclab-telegraf"]
+MONITORS = ["monitor/alice"]  # a read-only account (soclab watch), granted in the deployed ACL
 COMPOSE = "/opt/soclab/compose"
 STACK_SECRETS = {
     "influxdb_admin_password": "influx-admin-password-0123456789",
@@ -77,8 +78,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, pki) -> Iterator[Server]:
             # What the server deploys besides schemas/ and edge/ (ignored files of a developer's
             # checkout, such as compose/.env or compose/pki/, are left out as the role would).
             subprocess.run(["cp", "-a", str(REPO / name), str(sources / name)], check=True)
+        for monitor in MONITORS:  # as the lab does before deploying: the monitor's ACL block
+            grant = [
+                "sh",
+                str(sources / "compose/mosquitto/mqtt-user.sh"),
+                "acl-monitor",
+                monitor.split("/")[1],
+            ]
+            subprocess.run(grant, check=True, capture_output=True, timeout=30)
         accounts: dict[str, dict[str, str]] = {}
-        for user in DEVICES + SERVICES:
+        for user in DEVICES + SERVICES + MONITORS:
             pem = pki("client", user)
             accounts[user] = {
                 "password": f"pw-{user.replace('/', '-')}-0123456789",
@@ -216,15 +225,17 @@ def test_secrets_and_certificates_are_in_place(server: Server) -> None:
     assert passwd.stat().st_mode & 0o777 == 0o600
     assert passwd.stat().st_uid == 1883
     users = [line.split(":", 1)[0] for line in passwd.read_text().splitlines()]
-    assert users == sorted(DEVICES + SERVICES)
+    assert users == sorted(DEVICES + SERVICES + MONITORS)
 
 
 def test_the_copied_tree_is_the_checkouts_without_private_files(server: Server) -> None:
     compose = server.path(COMPOSE)
     assert (compose / "compose.yaml").read_bytes() == (REPO / "compose/compose.yaml").read_bytes()
-    assert (compose / "mosquitto/config/acl").read_bytes() == (
-        REPO / "compose/mosquitto/config/acl"
-    ).read_bytes()
+    deployed_acl = (compose / "mosquitto/config/acl").read_text()
+    assert deployed_acl.startswith((REPO / "compose/mosquitto/config/acl").read_text())  # + the monitors
+    assert [line for line in deployed_acl.splitlines() if line.startswith("user monitor/")] == [
+        f"user {m}" for m in MONITORS
+    ]
     assert (server.path("/opt/soclab/cloud/pyproject.toml")).exists()
     assert (server.path("/opt/soclab/requirements/constraints.txt")).exists()
     for folder in ("compose", "cloud", "schemas", "requirements"):

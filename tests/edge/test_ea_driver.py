@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import serial
+from transcript import Transcript
 
 from soclab.dev.sim.battery import Battery, BatteryParams
 from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
+from soclab.edge.instruments import kind
 from soclab.edge.instruments.base import ConnectionLost, Reading
 from soclab.edge.instruments.ea_el3000 import telegram as tg
-from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver, NoAnswer
+from soclab.edge.instruments.ea_el3000.driver import Control, EaLoadDriver, NoAnswer, Setpoints
+from soclab.edge.instruments.ea_el3000.options import EaLoadOptions
+from soclab.wire.settings import ConfigError
 
 
 def hx(text: str) -> bytes:
@@ -24,49 +27,6 @@ def hx(text: str) -> bytes:
 
 
 # --- exact transcripts ---------------------------------------------------------------------------
-class TranscriptSerial:
-    """A serial port that expects exactly the given writes and answers each with its bytes."""
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self.pairs = deque((hx(w), hx(a)) for w, a in pairs)
-        self.rx = bytearray()
-        self.timeout = 0.02
-        self.closed = False
-        self.open_args: tuple[Any, ...] = ()
-        self.open_kwargs: dict[str, Any] = {}
-
-    def __call__(self, *args: Any, **kwargs: Any) -> TranscriptSerial:  # the serial_factory
-        self.open_args, self.open_kwargs = args, kwargs
-        self.timeout = kwargs.get("timeout", self.timeout)
-        return self
-
-    @property
-    def in_waiting(self) -> int:
-        return len(self.rx)
-
-    def write(self, data: bytes) -> int:
-        assert self.pairs, f"unexpected write {data.hex(' ')}"
-        expected, answer = self.pairs.popleft()
-        assert data.hex(" ") == expected.hex(" ")
-        self.rx += answer
-        return len(data)
-
-    def read(self, size: int = 1) -> bytes:
-        if not self.rx:
-            time.sleep(self.timeout)  # what a serial port does when nothing comes
-            return b""
-        out = bytes(self.rx[:size])
-        del self.rx[:size]
-        return out
-
-    def close(self) -> None:
-        self.closed = True
-
-    def assert_done(self) -> None:
-        assert not self.pairs, f"unused pairs: {[(w.hex(' '), a.hex(' ')) for w, a in self.pairs]}"
-        assert not self.rx, f"bytes left over: {self.rx.hex(' ')}"
-
-
 OPEN = [
     ("70 00 00 00 70", "8B 01 00 45 4C 20 33 31 36 30 2D 36 30 41 00 02 DB"),
     ("70 00 01 00 71", "8A 01 01 32 36 34 39 38 31 30 32 32 36 00 02 94"),
@@ -81,18 +41,23 @@ ACK = "C0 01 FF 00 01 C0"
 CAPTURED_VALUES = {"bat_v": 160.0, "bat_a": -18.0, "power_w": 320.0, "ah": 1.5}
 
 
-def transcript_driver(pairs: list[tuple[str, str]], **options: Any) -> tuple[EaLoadDriver, TranscriptSerial]:
-    port = TranscriptSerial(pairs)
+def eload(port: str, **options: Any) -> EaLoadDriver:
+    return EaLoadDriver(EaLoadOptions(port=port, **options))
+
+
+def transcript_driver(pairs: list[tuple[str, str]], **options: Any) -> tuple[EaLoadDriver, Transcript]:
+    port = Transcript.hex(pairs)
     options = {"answer_timeout_s": 0.1, "poll_hz": 20.0} | options
-    return EaLoadDriver("/dev/ttyUSB0", serial_factory=port, **options), port
+    return EaLoadDriver(EaLoadOptions(port="/dev/ttyUSB0", **options), serial_factory=port), port
 
 
 def test_open_and_poll_send_the_lab_scripts_bytes() -> None:
     driver, port = transcript_driver([*OPEN, (Q71, A71), (Q69, A69)])
     driver.open()
-    assert port.open_args == ("/dev/ttyUSB0", 57600)
-    assert port.open_kwargs["parity"] == serial.PARITY_ODD
-    assert (port.open_kwargs["bytesize"], port.open_kwargs["stopbits"]) == (8, 1)
+    args, kwargs = port.opened[0]
+    assert args == ("/dev/ttyUSB0", 57600)
+    assert kwargs["parity"] == serial.PARITY_ODD
+    assert (kwargs["bytesize"], kwargs["stopbits"]) == (8, 1)
     assert driver.identity() == {
         "vendor": "Elektro-Automatik",
         "model": "EL 3160-60A",
@@ -138,6 +103,13 @@ def test_control_transcript() -> None:
         ("F1 00 36 01 01 01 29", ACK),  # input on
         ("F1 00 33 05 00 01 29", ACK),  # 3.0 A = 1280 = 0x0500
         ("F1 00 33 64 00 01 88", "C0 01 FF 30 01 F0"),  # 60 A, said to be over the limit
+        ("F1 00 32 0C 80 01 AF", ACK),  # 20 V of 160 V = 3200 = 0x0C80
+        ("F1 00 34 32 00 01 57", ACK),  # 200 W of 400 W = 12800 = 0x3200
+        ("F1 00 32 00 00 01 23", "C0 01 FF 31 01 F1"),  # 0 V, said to be under the limit
+        ("71 00 32 00 A3", "81 01 32 0C 80 01 40"),  # set values read back
+        ("71 00 33 00 A4", "81 01 33 05 00 00 BA"),
+        ("71 00 34 00 A5", "81 01 34 32 00 00 E8"),
+        ("71 00 36 00 A7", "81 01 36 11 11 00 DA"),  # object 54: mask, state (remote, input on)
         ("F1 00 36 01 00 01 28", ACK),  # input off
         ("F1 00 36 10 00 01 37", ACK),  # remote off
     ]
@@ -152,19 +124,35 @@ def test_control_transcript() -> None:
     driver.set_current(3.0)
     with pytest.raises(tg.UpperLimitExceeded):
         driver.set_current(60.0)
+    driver.set_voltage(20.0)
+    driver.set_power(200.0)
+    with pytest.raises(tg.LowerLimitExceeded):
+        driver.set_voltage(0.0)
+    assert driver.read_setpoints() == Setpoints(voltage_v=20.0, current_a=3.0, power_w=200.0)
+    assert driver.read_control() == Control(remote=True, input_on=True)
     driver.input(False)
     driver.remote(False)
     port.assert_done()
-    assert driver.health.counters["commands"] == 5
-    assert driver.health.counters["device_errors"] == 2
+    assert driver.health.counters["commands"] == 7
+    assert driver.health.counters["device_errors"] == 3
 
 
-@pytest.mark.parametrize("amps", [-0.1, 60.01, float("nan"), float("inf")])
-def test_set_current_is_range_checked_before_sending(amps: float) -> None:
+@pytest.mark.parametrize(
+    ("setter", "value", "message"),
+    [
+        ("set_current", -0.1, r"0\.\.60 A"),
+        ("set_current", 60.01, r"0\.\.60 A"),
+        ("set_current", float("nan"), r"0\.\.60 A"),
+        ("set_voltage", 160.5, r"0\.\.160 V"),
+        ("set_voltage", float("inf"), r"0\.\.160 V"),
+        ("set_power", -1.0, r"0\.\.400 W"),
+    ],
+)
+def test_set_values_are_range_checked_before_sending(setter: str, value: float, message: str) -> None:
     driver, port = transcript_driver(OPEN)
     driver.open()
-    with pytest.raises(ValueError, match=r"0\.\.60 A"):
-        driver.set_current(amps)
+    with pytest.raises(ValueError, match=message):
+        getattr(driver, setter)(value)
     port.assert_done()  # nothing was written
 
 
@@ -230,15 +218,46 @@ def test_open_without_answers_is_connection_lost_and_closes() -> None:
     port.assert_done()
 
 
-def test_from_config() -> None:
-    driver = EaLoadDriver.from_config({"port": "/dev/ttyUSB0", "poll_hz": 1.0, "node": 1})
-    assert (driver.port, driver.poll_period_s, driver.node, driver.cast) == ("/dev/ttyUSB0", 1.0, 1, True)
-    with pytest.raises(ValueError, match="port"):
-        EaLoadDriver.from_config({})
-    with pytest.raises(TypeError):
-        EaLoadDriver.from_config({"port": "/dev/ttyUSB0", "baud": 9600})
-    with pytest.raises(ValueError, match="poll_hz"):
-        EaLoadDriver.from_config({"port": "/dev/ttyUSB0", "poll_hz": 0})
+def test_options_from_a_table_and_the_environment() -> None:
+    """Environment values are text: converted once, by the settings path (they used to reach the
+    driver as strings: ``SOCLAB_INSTRUMENT_POLL_HZ=5`` was a TypeError, ``"false"`` was true)."""
+    options = kind("eload").load_options(
+        {"port": "/dev/ttyUSB0", "node": 1},
+        {
+            "SOCLAB_INSTRUMENT_POLL_HZ": "5",
+            "SOCLAB_INSTRUMENT_CAST": "false",
+            "SOCLAB_INSTRUMENT_RETRIES": "0",
+        },
+    )
+    assert options == EaLoadOptions(port="/dev/ttyUSB0", node=1, poll_hz=5.0, cast=False, retries=0)
+    driver = EaLoadDriver(options)
+    assert (driver.poll_period_s, driver.node, driver.cast) == (0.2, 1, False)
+
+
+@pytest.mark.parametrize(
+    ("table", "env", "message"),
+    [
+        ({}, {}, "[instrument] port is required"),
+        ({"port": "p", "baud": 9600}, {}, "[instrument] has no setting 'baud'"),
+        ({"port": "p", "poll_hz": 0}, {}, "[instrument] poll_hz must be float > 0.0, got 0"),
+        ({"port": "p", "node": 256}, {}, "[instrument] node must be int <= 255, got 256"),
+        ({"port": "p", "cast": "false"}, {}, "[instrument] cast must be bool, got 'false'"),
+        (
+            {"port": "p"},
+            {"SOCLAB_INSTRUMENT_POLL_HZ": "0"},
+            "SOCLAB_INSTRUMENT_POLL_HZ='0' must be float > 0.0",
+        ),
+        (
+            {"port": "p"},
+            {"SOCLAB_INSTRUMENT_CAST": "maybe"},
+            "SOCLAB_INSTRUMENT_CAST='maybe' is not a boolean",
+        ),
+    ],
+)
+def test_bad_options_name_the_setting(table: dict[str, Any], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        kind("eload").load_options(table, env)
+    assert message in str(error.value)
 
 
 # --- against the simulator over a real pty --------------------------------------------------------
@@ -284,7 +303,7 @@ def sim(battery: Battery, tmp_path: Path) -> Iterator[EaLoadSimulator]:
 
 @pytest.fixture
 def driver(sim: EaLoadSimulator) -> Iterator[EaLoadDriver]:
-    instrument = EaLoadDriver(str(sim.port.link), poll_hz=10.0, answer_timeout_s=0.25, retries=2)
+    instrument = eload(str(sim.port.link), poll_hz=10.0, answer_timeout_s=0.25, retries=2)
     instrument.open()
     yield instrument
     instrument.close()
@@ -324,7 +343,7 @@ def test_simulator_answers_like_the_captures(sim: EaLoadSimulator) -> None:
             ("75 00 47 00 BD", "C0 01 FF 03 01 C3"),  # checksum wrong
             ("95 00 47 00 DC", "C0 01 FF 04 01 C4"),  # an answer's start delimiter from the PC
             ("75 02 47 00 BE", "C0 01 FF 05 01 C5"),  # node 2
-            ("71 00 36 00 A7", "C0 01 FF 09 01 C9"),  # object 54 cannot be read
+            ("71 00 36 00 A7", "81 01 36 11 00 00 C9"),  # object 54: mask, state (local, input off)
             ("F1 00 33 05 00 01 29", "C0 01 FF 09 01 C9"),  # set value without remote
             ("F1 00 36 01 01 01 29", "C0 01 FF 09 01 C9"),  # input on without remote
             ("F1 00 36 10 10 01 47", "C0 01 FF 00 01 C0"),  # remote on
@@ -334,6 +353,7 @@ def test_simulator_answers_like_the_captures(sim: EaLoadSimulator) -> None:
             ("F1 00 36 01 01 01 29", "C0 01 FF 00 01 C0"),  # input on
             ("71 00 33 00 A4", "81 01 33 05 00 00 BA"),  # set value I reads back
             ("71 00 46 00 B7", "81 01 46 01 01 00 CA"),  # status: remote, input on
+            ("71 00 36 00 A7", "81 01 36 11 11 00 DA"),  # control: remote, input on
             # 12.5 - 3 * 0.05 = 12.35 V -> 1976; 3 A -> 1280; 37.05 W -> 2371
             ("75 00 47 00 BC", "85 01 47 07 B8 05 00 09 43 01 DD"),
         ],
@@ -391,6 +411,33 @@ def test_control_moves_the_battery(driver: EaLoadDriver, sim: EaLoadSimulator, b
     assert not sim.remote_on
 
 
+def test_power_and_voltage_set_values_limit_the_current(
+    driver: EaLoadDriver, sim: EaLoadSimulator, battery: Battery
+) -> None:
+    """The load sinks the least its three set values allow: I, P / U_in, and what holds its input
+    at the set voltage (12.5 V open circuit, 50 mOhm: the battery sits at 12.5 - 0.05 * I)."""
+    assert driver.read_control() == Control(remote=False, input_on=False)
+    driver.remote(True)
+    driver.set_current(10.0)
+    driver.input(True)
+    wait_until(lambda: abs(battery.current_of("eload") + 10.0) < 0.01, what="10 A (its word: 10.0008 A)")
+    driver.set_power(60.0)  # I = 60 / (12.5 - 0.05 I): 4.898 A
+    wait_until(lambda: abs(battery.current_of("eload") + 4.898) < 0.01, what="60 W")
+    driver.set_voltage(12.4)  # CV: (12.5 - 12.4) / 0.05 = 2 A
+    wait_until(lambda: abs(battery.current_of("eload") + 2.0) < 0.01, what="the input held at 12.4 V")
+    setpoints = driver.read_setpoints()  # as the device holds them: words of 1/25600 of nominal
+    assert setpoints == Setpoints(
+        voltage_v=pytest.approx(12.4, abs=0.01),
+        current_a=pytest.approx(10.0, abs=0.01),
+        power_w=pytest.approx(60.0, abs=0.02),
+    )
+    assert driver.read_control() == Control(remote=True, input_on=True)
+    driver.set_voltage(13.0)  # above the battery: nothing to take
+    wait_until(lambda: battery.current_of("eload") == 0.0, what="no current above the set voltage")
+    driver.input(False)
+    assert driver.read_control() == Control(remote=True, input_on=False)
+
+
 def test_set_values_need_remote(driver: EaLoadDriver, sim: EaLoadSimulator) -> None:
     with pytest.raises(tg.AccessDenied):
         driver.set_current(2.0)
@@ -445,7 +492,7 @@ def test_garbage_half_and_garbled_answers(driver: EaLoadDriver, sim: EaLoadSimul
 
 
 def test_a_failed_answer_gives_a_flagged_sample(sim: EaLoadSimulator, tmp_path: Path) -> None:
-    driver = EaLoadDriver(str(sim.port.link), poll_hz=10.0, answer_timeout_s=0.2, retries=0)
+    driver = eload(str(sim.port.link), poll_hz=10.0, answer_timeout_s=0.2, retries=0)
     driver.open()
     try:
         sim.garble(1)  # the next answer is object 71's: its values go, the Ah counter stays
@@ -460,7 +507,7 @@ def test_a_failed_answer_gives_a_flagged_sample(sim: EaLoadSimulator, tmp_path: 
 def test_a_mute_instrument_gives_no_samples_until_it_answers_again(
     sim: EaLoadSimulator, battery: Battery
 ) -> None:
-    driver = EaLoadDriver(str(sim.port.link), poll_hz=10.0, answer_timeout_s=0.1, retries=1)
+    driver = eload(str(sim.port.link), poll_hz=10.0, answer_timeout_s=0.1, retries=1)
     driver.open()
     try:
         read_until(driver, lambda r: r.values["bat_v"] == 12.5)
@@ -501,7 +548,7 @@ def test_port_vanishing_and_returning(driver: EaLoadDriver, sim: EaLoadSimulator
 
 
 def test_control_on_a_mute_load_raises_no_answer(sim: EaLoadSimulator) -> None:
-    driver = EaLoadDriver(str(sim.port.link), answer_timeout_s=0.1, retries=1)
+    driver = eload(str(sim.port.link), answer_timeout_s=0.1, retries=1)
     driver.open()
     try:
         sim.mute()
@@ -513,7 +560,7 @@ def test_control_on_a_mute_load_raises_no_answer(sim: EaLoadSimulator) -> None:
 
 
 def test_control_on_a_closed_driver_is_connection_lost(sim: EaLoadSimulator) -> None:
-    driver = EaLoadDriver(str(sim.port.link))
+    driver = eload(str(sim.port.link))
     with pytest.raises(ConnectionLost):
         driver.remote(True)
     with pytest.raises(ConnectionLost):

@@ -8,17 +8,13 @@ import tomllib
 
 import pytest
 
-from soclab.dev.sim.battery import Battery
 from soclab.dev.sim.instruments import labjack_t7 as standin
-from soclab.edge.instruments.labjack_t7 import ChannelSpec, Divider, LabJackDriver, LemCurrent, Raw
-from soclab.edge.instruments.labjack_t7.calibration import calibration_from_config
-
-
-@pytest.fixture
-def lab_standin():
-    standin.configure(Battery(), seed=1)
-    yield standin
-    standin.reset()
+from soclab.edge.instruments import build, kind
+from soclab.edge.instruments.labjack_t7.calibration import Divider, LemCurrent, Raw, calibration_from_config
+from soclab.edge.instruments.labjack_t7.channels import ChannelSpec
+from soclab.edge.instruments.labjack_t7.driver import LabJackDriver
+from soclab.edge.instruments.labjack_t7.options import LabJackOptions
+from soclab.wire.settings import ConfigError
 
 
 # --- LEM LA 55-P ----------------------------------------------------------------------------------
@@ -103,35 +99,57 @@ def test_channel_spec_validates(kwargs):
         ChannelSpec(**kwargs)
 
 
-def test_field_names_carry_the_unit(lab_standin):
-    lem = ChannelSpec("AIN1", calibration=LemCurrent(150.0))
-    with pytest.raises(ValueError, match="_a"):
-        LabJackDriver({"bat_v": lem}, backend="standin")
-    with pytest.raises(ValueError, match="_v"):
-        LabJackDriver({"bat_a": ChannelSpec("AIN1")}, backend="standin")  # raw volts are not amps
-    with pytest.raises(ValueError, match="must match"):
-        LabJackDriver({"Bat_A": lem}, backend="standin")
-    with pytest.raises(ValueError, match="at most once"):
-        LabJackDriver({"bat_a": lem, "lem_a": lem}, backend="standin")
-    LabJackDriver({"ain1_v": ChannelSpec("AIN1")}, backend="standin")
+def options(channels: dict, **settings) -> LabJackOptions:
+    return kind("labjack").load_options({"backend": "standin", "channels": channels, **settings})
 
 
-def test_driver_settings_are_checked(lab_standin):
-    chans = {"bat_v": ChannelSpec("AIN2", calibration=Divider(4.0))}
-    for bad in (
-        {"mode": "burst"},
-        {"rate_hz": 0},
-        {"rate_hz": 1000},
-        {"mode": "stream", "scan_rate_hz": 200_000},
-        {"mode": "stream", "scans_per_read": 0},
-        {"mode": "stream", "scan_rate_hz": 100, "scans_per_read": 1000},  # one read would take 10 s
-        {"stream_resolution_index": 9},
-        {"max_clock_offset_ms": 0},
-    ):
-        with pytest.raises(ValueError):  # noqa: PT011
-            LabJackDriver(chans, backend="standin", **bad)
-    with pytest.raises(ValueError, match="unknown LabJack backend"):
-        LabJackDriver(chans, backend="u12")
+LEM = {"ain": "AIN1", "calibration": "lem_la55p", "resistor_ohm": 150.0}
+DIVIDER = {"ain": "AIN2", "calibration": "divider", "ratio": 4.0}
+
+
+@pytest.mark.parametrize(
+    ("channels", "message"),
+    [
+        ({"bat_v": LEM}, "name it *_a"),
+        ({"bat_a": {"ain": "AIN1"}}, "name it *_v"),  # raw volts are not amps
+        ({"Bat_A": LEM}, "must match"),
+        ({"bat_a": LEM, "lem_a": LEM}, "at most once"),
+        ({}, "tables are needed"),
+        ({"bat_v": {"ain": "AIN2", "calibration": "divider"}}, "ratio"),
+        ({"bat_v": {**DIVIDER, "resistor_ohm": 1.0}}, "resistor_ohm"),
+        ({"bat_v": {**DIVIDER, "calibration": "shunt"}}, "[instrument.channels.bat_v] calibration"),
+        ({"bat_v": {**DIVIDER, "ohms": 1}}, "[instrument.channels.bat_v] has no setting 'ohms'"),
+    ],
+)
+def test_channels_are_checked_when_the_settings_load(channels, message):
+    with pytest.raises(ConfigError) as error:
+        options(channels)
+    assert message in str(error.value)
+
+
+def test_a_raw_channel_keeps_its_volts():
+    assert options({"ain1_v": {"ain": "AIN1"}}).specs()["ain1_v"] == ChannelSpec("AIN1")
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"mode": "burst"}, "[instrument] mode: Invalid enum value 'burst'"),
+        ({"rate_hz": 0}, "[instrument] rate_hz must be float > 0.0"),
+        ({"rate_hz": 1000}, "[instrument] rate_hz must be float <= 100.0"),
+        ({"mode": "stream", "scan_rate_hz": 200_000}, "at most 100000 samples/s"),
+        ({"mode": "stream", "scans_per_read": 0}, "[instrument] scans_per_read must be int >= 1"),
+        ({"mode": "stream", "scan_rate_hz": 100, "scans_per_read": 1000}, "at most 5.0 s"),  # a 10 s read
+        ({"stream_resolution_index": 9}, "[instrument] stream_resolution_index must be int <= 8"),
+        ({"max_clock_offset_ms": 0}, "[instrument] max_clock_offset_ms must be float > 0.0"),
+        ({"backend": "u12"}, "[instrument] backend: Invalid enum value 'u12'"),
+        ({"backend": "ljm", "standin": {"battery_file": "x"}}, "only for backend = 'standin'"),
+    ],
+)
+def test_driver_settings_are_checked(bad, message):
+    with pytest.raises(ConfigError) as error:
+        options({"bat_v": DIVIDER}, **bad)
+    assert message in str(error.value)
 
 
 # --- the [instrument] table -------------------------------------------------------------------------
@@ -170,10 +188,11 @@ drift_ppm = 20.0
 """
 
 
-def test_from_config_builds_the_driver_and_wires_the_standin():
+def test_the_table_builds_the_driver_and_wires_the_standin():
     table = tomllib.loads(EXAMPLE)["instrument"]
     try:
-        driver = LabJackDriver.from_config(table)
+        driver = build("labjack", kind("labjack").load_options(table))
+        assert isinstance(driver, LabJackDriver)
         assert driver.mode == "stream"
         assert driver.scan_rate_hz == 2000.0
         assert driver.channels["bat_a"] == ChannelSpec("AIN1", calibration=LemCurrent(150.0))
@@ -187,20 +206,24 @@ def test_from_config_builds_the_driver_and_wires_the_standin():
         standin.reset()
 
 
-def test_from_config_takes_environment_strings_and_names_mistakes(lab_standin):
-    base = {
-        "backend": "standin",
-        "channels": {"bat_v": {"ain": "AIN2", "calibration": "divider", "ratio": 2.0}},
+def test_environment_strings_are_converted_once_and_mistakes_named():
+    env = {
+        "SOCLAB_INSTRUMENT_RATE_HZ": "10",
+        "SOCLAB_INSTRUMENT_CHANNELS__BAT_V__RATIO": "2.5",
+        "SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE": "/run/b",
     }
-    driver = LabJackDriver.from_config({**base, "rate_hz": "10", "mode": "command"})
-    assert driver.rate_hz == 10.0
-    with pytest.raises(ValueError, match="rate_hz"):
-        LabJackDriver.from_config({**base, "rate_hz": "fast"})
-    with pytest.raises(ValueError, match="scan_rate"):
-        LabJackDriver.from_config({**base, "scan_rate": 1000})
-    with pytest.raises(ValueError, match=r"channels\.bat_v.*ratio"):
-        LabJackDriver.from_config({**base, "channels": {"bat_v": {"ain": "AIN2", "calibration": "divider"}}})
-    with pytest.raises(ValueError, match="needs"):
-        LabJackDriver.from_config({"backend": "standin"})
-    with pytest.raises(ValueError, match="only for backend"):
-        LabJackDriver.from_config({**base, "backend": "ljm", "standin": {"battery_file": "x"}})
+    opts = kind("labjack").load_options({"backend": "standin", "channels": {"bat_v": DIVIDER}}, env)
+    assert opts.rate_hz == 10.0
+    assert opts.specs()["bat_v"].calibration == Divider(2.5)
+    assert opts.standin == {"battery_file": "/run/b"}
+    for variable, value, message in (
+        ("SOCLAB_INSTRUMENT_RATE_HZ", "fast", "SOCLAB_INSTRUMENT_RATE_HZ='fast' is not a valid float"),
+        ("SOCLAB_INSTRUMENT_SCAN_RATE", "1000", "[instrument] has no setting 'scan_rate'"),
+        ("SOCLAB_INSTRUMENT_CHANNELS__BAT_V__TURNS", "x", "CHANNELS__BAT_V__TURNS='x' is not a valid int"),
+        ("SOCLAB_INSTRUMENT_CHANNELS", "x", "set its keys with '__'"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            kind("labjack").load_options(
+                {"backend": "standin", "channels": {"bat_v": DIVIDER}}, {variable: value}
+            )
+        assert message in str(error.value)

@@ -14,15 +14,10 @@ import pytest
 
 from soclab.dev.sim.battery import Battery
 from soclab.dev.sim.instruments import labjack_t7 as standin
+from soclab.edge.instruments import kind
 from soclab.edge.instruments.base import Reading
-from soclab.edge.instruments.labjack_t7 import (
-    ChannelSpec,
-    Divider,
-    LabJackDriver,
-    LabJackError,
-    LemCurrent,
-    LJMUnavailable,
-)
+from soclab.edge.instruments.labjack_t7.backend import LabJackError, LJMBackend, LJMUnavailable
+from soclab.edge.instruments.labjack_t7.driver import LabJackDriver
 
 DEADLINE_S = 20.0
 
@@ -42,16 +37,21 @@ def wired(battery):
     standin.reset()
 
 
-def channels(r_m: float = 150.0, ratio: float = 2.0, **lem: float) -> dict[str, ChannelSpec]:
+def channels(r_m: float = 150.0, ratio: float = 2.0, **lem: float) -> dict[str, dict]:
     return {
-        "bat_a": ChannelSpec("AIN1", calibration=LemCurrent(r_m, **lem)),  # type: ignore[arg-type]
-        "bat_v": ChannelSpec("AIN2", calibration=Divider(ratio)),
+        "bat_a": {"ain": "AIN1", "calibration": "lem_la55p", "resistor_ohm": r_m, **lem},
+        "bat_v": {"ain": "AIN2", "calibration": "divider", "ratio": ratio},
     }
+
+
+def labjack(chans: dict[str, dict], *, module: LJMBackend | None = None, **options) -> LabJackDriver:
+    """The driver as the publisher builds it: options from a table, then the driver."""
+    return LabJackDriver(kind("labjack").load_options({"channels": chans, **options}), backend=module)
 
 
 def stream_driver(**kwargs) -> LabJackDriver:
     options = {"mode": "stream", "scan_rate_hz": 1000.0, "scans_per_read": 100, "backend": "standin"}
-    return LabJackDriver(channels(), **{**options, **kwargs})
+    return labjack(channels(), **{**options, **kwargs})
 
 
 def read_until(driver: LabJackDriver, enough, deadline_s: float = DEADLINE_S) -> list[Reading]:
@@ -70,7 +70,7 @@ def strictly_increasing(stamps: list[int]) -> bool:
 
 # --- command mode ---------------------------------------------------------------------------------
 def test_command_mode_reads_the_battery(wired, battery):
-    driver = LabJackDriver(channels(), rate_hz=50.0, backend="standin")
+    driver = labjack(channels(), rate_hz=50.0, backend="standin")
     with driver:
         readings = read_until(driver, lambda r: len(r) >= 5)
         ident = driver.identity()
@@ -89,7 +89,7 @@ def test_command_mode_reads_the_battery(wired, battery):
 def test_command_mode_calibration_undoes_the_sensor_errors(battery):
     standin.configure(battery, resistor_ohm=140.0, sensor_gain=1.02, sensor_offset_a=0.1, noise_v=0.0)
     try:
-        driver = LabJackDriver(channels(r_m=140.0, gain=1 / 1.02, offset_a=-0.1 / 1.02), backend="standin")
+        driver = labjack(channels(r_m=140.0, gain=1 / 1.02, offset_a=-0.1 / 1.02), backend="standin")
         with driver:
             (reading,) = read_until(driver, lambda r: len(r) >= 1)
         assert reading.values["bat_a"] == pytest.approx(-3.0, abs=1e-9)
@@ -98,7 +98,7 @@ def test_command_mode_calibration_undoes_the_sensor_errors(battery):
 
 
 def test_command_mode_unplug_and_replug(wired):
-    driver = LabJackDriver(channels(), rate_hz=50.0, backend="standin")
+    driver = labjack(channels(), rate_hz=50.0, backend="standin")
     with driver:
         read_until(driver, lambda r: len(r) >= 1)
         standin.unplug()
@@ -113,7 +113,7 @@ def test_command_mode_unplug_and_replug(wired):
 
 
 def test_configuration_refused_by_the_device_is_loud(wired):
-    driver = LabJackDriver({"ain99_v": ChannelSpec("AIN99")}, backend="standin")
+    driver = labjack({"ain99_v": {"ain": "AIN99"}}, backend="standin")
     with pytest.raises(LabJackError) as info:
         driver.open()
     assert (info.value.code, info.value.name) == (1294, "INVALID_NAME")
@@ -122,7 +122,7 @@ def test_configuration_refused_by_the_device_is_loud(wired):
 
 def test_unconfigured_standin_is_loud():
     standin.reset()
-    driver = LabJackDriver(channels(), backend="standin")
+    driver = labjack(channels(), backend="standin")
     with pytest.raises(LabJackError, match="configure"):
         driver.open()
 
@@ -189,8 +189,8 @@ def test_skipped_samples_are_flagged_and_left_out(battery):
 def test_a_scan_with_every_channel_skipped_keeps_its_place(battery):
     standin.configure(battery, skip_probability=0.5, seed=3)
     try:
-        driver = LabJackDriver(
-            {"bat_v": ChannelSpec("AIN2", calibration=Divider(2.0))},
+        driver = labjack(
+            {"bat_v": {"ain": "AIN2", "calibration": "divider", "ratio": 2.0}},
             mode="stream",
             scan_rate_hz=2000.0,
             scans_per_read=200,
@@ -292,19 +292,19 @@ def test_real_backend_without_the_native_library_is_a_typed_error():
     if wrapper is not None and getattr(wrapper, "_staticLib", None) is not None:
         pytest.skip("the native LJM library is installed here")
     with pytest.raises(LJMUnavailable, match=r"libLabJackM|labjack-ljm"):
-        LabJackDriver(channels(), backend="ljm")
+        labjack(channels(), backend="ljm")
 
 
 def test_real_backend_without_the_package_is_a_typed_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "labjack.ljm", None)
     with pytest.raises(LJMUnavailable, match="labjack-ljm"):
-        LabJackDriver(channels(), backend="ljm")
+        labjack(channels(), backend="ljm")
 
 
 def test_real_module_failing_on_its_first_call_is_a_typed_error():
     ljm = pytest.importorskip("labjack.ljm")
     if getattr(sys.modules["labjack.ljm.ljm"], "_staticLib", None) is not None:
         pytest.skip("the native LJM library is installed here")
-    driver = LabJackDriver(channels(), backend=ljm)  # bypasses the check at load time
+    driver = labjack(channels(), module=ljm)  # bypasses the check at load time
     with pytest.raises(LJMUnavailable, match="libLabJackM"):
         driver.open()

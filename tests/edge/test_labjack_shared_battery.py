@@ -25,7 +25,8 @@ from soclab.dev.sim.shared_battery import (
     BatteryStateWriter,
     interpolate,
 )
-from soclab.edge.instruments.labjack_t7 import ChannelSpec, Divider, LabJackDriver, LemCurrent
+from soclab.edge.instruments import kind
+from soclab.edge.instruments.labjack_t7.driver import LabJackDriver
 
 DEADLINE_S = 20.0
 
@@ -218,12 +219,11 @@ def test_standin_in_the_publisher_process_watches_the_lab_battery(tmp_path):
         current_a, voltage_v = map(float, wait_line(lab).split())
         standin.configure(BatteryStateReader(path, max_age_s=0.5), seed=11)
         chans = {
-            "bat_a": ChannelSpec("AIN1", calibration=LemCurrent(150.0)),
-            "bat_v": ChannelSpec("AIN2", calibration=Divider(2.0)),
+            "bat_a": {"ain": "AIN1", "calibration": "lem_la55p", "resistor_ohm": 150.0},
+            "bat_v": {"ain": "AIN2", "calibration": "divider", "ratio": 2.0},
         }
-        driver = LabJackDriver(
-            chans, mode="stream", scan_rate_hz=2000.0, scans_per_read=200, backend="standin"
-        )
+        options = {"mode": "stream", "scan_rate_hz": 2000.0, "scans_per_read": 200, "backend": "standin"}
+        driver = LabJackDriver(kind("labjack").load_options({"channels": chans, **options}))
         with driver:
             readings: list = []
             deadline = time.monotonic() + DEADLINE_S

@@ -15,7 +15,9 @@ from soclab.dev.sim.battery import Battery
 from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
 from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
 from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver
+from soclab.edge.instruments.ea_el3000.options import EaLoadOptions
 from soclab.edge.instruments.libresolar_mppt.driver import MpptDriver
+from soclab.edge.instruments.libresolar_mppt.options import MpptOptions
 from soclab.edge.publisher.config import load
 from soclab.edge.publisher.service import Publisher
 
@@ -86,7 +88,7 @@ def assert_consecutive(samples: list[dict]) -> None:
 def test_mppt_unplugged_garbled_and_back(tmp_path, run_publisher):
     battery = Battery()
     with MpptSimulator(battery, tmp_path / "mppt", period_s=0.1) as sim:
-        run = run_publisher("mppt", MpptDriver(str(sim.port.link)))
+        run = run_publisher("mppt", MpptDriver(MpptOptions(port=str(sim.port.link))))
         eventually(lambda: len(run.samples()) >= 10, "MPPT samples flowing")
         sim.inject(b"\x00\xffgarbage\n" + b'"Bat_V":12.8,"Bat_A":-1.0}\n')
         eventually(lambda: run.counter("lines_ignored") >= 2, "garbage and the line's tail ignored")
@@ -110,7 +112,7 @@ def test_mppt_unplugged_garbled_and_back(tmp_path, run_publisher):
 def test_eload_silent_garbled_unplugged_and_back(tmp_path, run_publisher):
     battery = Battery()
     with EaLoadSimulator(battery, tmp_path / "eload") as sim:
-        run = run_publisher("eload", EaLoadDriver(str(sim.port.link), poll_hz=10.0))
+        run = run_publisher("eload", EaLoadDriver(EaLoadOptions(port=str(sim.port.link), poll_hz=10.0)))
         eventually(lambda: len(run.samples()) >= 10, "e-load samples flowing")
         sim.garble(2)
         sim.respond_short(2)

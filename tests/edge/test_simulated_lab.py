@@ -13,9 +13,7 @@ from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
 from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
 from soclab.dev.sim.lab import SimulatedLab
 from soclab.dev.sim.profiles import LAB_EVENING, Phase, ReplayProfile, ScriptedProfile
-from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver
-from soclab.edge.instruments.labjack_t7.driver import LabJackDriver
-from soclab.edge.instruments.libresolar_mppt.driver import MpptDriver
+from soclab.edge.instruments import build, kind
 
 
 def test_coulomb_counting_and_voltage_follow_the_current():
@@ -81,16 +79,19 @@ def test_three_instruments_see_one_battery(tmp_path):
         state_file=tmp_path / "battery.state",
     )
     lab.start()
-    mppt = MpptDriver(str(mppt_sim.port.link))
-    eload = EaLoadDriver(str(eload_sim.port.link), poll_hz=5.0)
-    labjack = LabJackDriver.from_config({
-        "backend": "standin", "mode": "command", "rate_hz": 5.0,
-        "channels": {
-            "bat_a": {"ain": "AIN1", "calibration": "lem_la55p", "resistor_ohm": 150.0},
-            "bat_v": {"ain": "AIN2", "calibration": "divider", "ratio": 2.0},
+    tables = {  # as a publisher builds them: through the registry and the typed options
+        "mppt": {"port": str(mppt_sim.port.link)},
+        "eload": {"port": str(eload_sim.port.link), "poll_hz": 5.0},
+        "labjack": {
+            "backend": "standin", "mode": "command", "rate_hz": 5.0,
+            "channels": {
+                "bat_a": {"ain": "AIN1", "calibration": "lem_la55p", "resistor_ohm": 150.0},
+                "bat_v": {"ain": "AIN2", "calibration": "divider", "ratio": 2.0},
+            },
+            "standin": {"battery_file": str(tmp_path / "battery.state"), "max_age_s": 2.0},
         },
-        "standin": {"battery_file": str(tmp_path / "battery.state"), "max_age_s": 2.0},
-    })  # fmt: skip
+    }  # fmt: skip
+    mppt, eload, labjack = (build(name, kind(name).load_options(table)) for name, table in tables.items())
     try:
         time.sleep(1.0)  # the load takes its current, the RC pairs settle a little
         last = {}
@@ -111,8 +112,8 @@ def test_three_instruments_see_one_battery(tmp_path):
     # The battery moves little in a second at 3 A; the tolerances are the sensors' (2 decimals for
     # the MPPT, the load's 16-bit scale of 160 V / 60 A, the LabJack's noise) plus that drift.
     assert truth.current_a == pytest.approx(-3.0, abs=0.05)
-    for kind, tolerance_v in (("mppt", 0.02), ("eload", 0.02), ("labjack", 0.02)):
-        assert last[kind]["bat_v"] == pytest.approx(truth.voltage_v, abs=tolerance_v), kind
+    for name, tolerance_v in (("mppt", 0.02), ("eload", 0.02), ("labjack", 0.02)):
+        assert last[name]["bat_v"] == pytest.approx(truth.voltage_v, abs=tolerance_v), name
     assert last["mppt"]["bat_a"] == pytest.approx(truth.current_a, abs=0.02)
     assert last["eload"]["bat_a"] == pytest.approx(-3.0, abs=0.01)
     assert last["labjack"]["bat_a"] == pytest.approx(truth.current_a, abs=0.05)

@@ -17,7 +17,9 @@ import pytest
 from soclab.dev.sim.battery import Battery, BatteryParams
 from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
 from soclab.dev.sim.instruments.libresolar_mppt import CHARGER, MpptSimulator
-from soclab.edge.instruments.ea_el3000 import EaLoadDriver
+from soclab.edge.instruments.ea_el3000 import EaLoadOptions
+from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver
+from soclab.edge.instruments.libresolar_mppt import MpptOptions
 from soclab.edge.instruments.libresolar_mppt.driver import MpptDriver
 from soclab.edge.runs.actuators import EloadActuator, MpptActuator
 from soclab.edge.runs.control import InstrumentControl
@@ -220,7 +222,7 @@ def eload(tmp_path: Path) -> Iterator[tuple[EaLoadSimulator, EaLoadDriver, Batte
     battery = Battery(BatteryParams(ocv_soc=(0.0, 1.0), ocv_v=(12.5, 12.5), r0_ohm=0.05, rc_pairs=()))
     sim = EaLoadSimulator(battery, tmp_path / "eload")
     sim.start()
-    driver = EaLoadDriver(str(sim.port.link), answer_timeout_s=0.25)
+    driver = EaLoadDriver(EaLoadOptions(port=str(sim.port.link), answer_timeout_s=0.25))
     yield sim, driver, battery
     driver.close()
     sim.stop()
@@ -267,11 +269,11 @@ def test_expired_and_refused_commands_leave_the_load_off(
 
 
 @pytest.mark.parametrize("dialect", ["v21", "v0.5"])
-def test_the_charger_obeys_charging_and_its_limits_by_role(tmp_path: Path, dialect: str) -> None:
+def test_the_charger_obeys_charging_and_its_limits(tmp_path: Path, dialect: str) -> None:
     battery = Battery(soc=0.5)
     with MpptSimulator(battery, tmp_path / "mppt", dialect=dialect, period_s=0.1) as sim:
         sim.set_solar_charge(8.0)
-        driver = MpptDriver(str(sim.port.link))
+        driver = MpptDriver(MpptOptions(port=str(sim.port.link)))
         driver.open()
         try:
             wait_until(lambda: driver.dialect == dialect)
@@ -280,8 +282,9 @@ def test_the_charger_obeys_charging_and_its_limits_by_role(tmp_path: Path, diale
                                         wall_ns=clock.wall_ns)  # fmt: skip
             control.opened()
             wait_until(lambda: battery.current_of(CHARGER) == 0.0)
-            limits = {"values": {"charge_current_max_a": 3.0, "charge_voltage_v": 14.2}}
-            assert control.execute(command("conf", limits, clock=clock, device="mppt"))["outcome"] == "done"
+            limits = {"current_max_a": 3.0, "voltage_v": 14.2}
+            done = control.execute(command("charge_limits", limits, clock=clock, device="mppt"))
+            assert done["outcome"] == "done"
             on = control.execute(command("charging", {"on": True}, clock=clock, device="mppt", number=2))
             assert on["outcome"] == "done"
             wait_until(lambda: abs(battery.current_of(CHARGER) - 3.0) < 1e-6)  # the limit, not the sun's 8 A

@@ -78,9 +78,9 @@ class Bench:
         else:
             if command == "safe":
                 self.charger["on"] = False
-            elif command == "conf":
-                self.charger["a"] = args["values"]["charge_current_max_a"]
-                self.charger["v"] = args["values"]["charge_voltage_v"]
+            elif command == "charge_limits":
+                self.charger["a"] = args["current_max_a"]
+                self.charger["v"] = args["voltage_v"]
             else:
                 self.charger["on"] = args["on"]
         return "done", "", cid, self.clock.wall_ns()
@@ -158,8 +158,8 @@ def test_the_charge_voltage_stays_below_max_v() -> None:
     doc = document()
     for position in positions(doc):
         for action in plan(position.spec, doc, 4.0):
-            if action.command == "conf":
-                assert action.args["values"]["charge_voltage_v"] < LIMITS["max_v"]
+            if action.command == "charge_limits":
+                assert action.args["voltage_v"] < LIMITS["max_v"]
 
 
 def test_a_limit_crossed_stops_the_run_and_makes_everything_safe() -> None:

@@ -19,7 +19,9 @@ from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
 from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
 from soclab.dev.sim.lab import SimulatedLab
 from soclab.dev.sim.profiles import SupplyProfile
-from soclab.edge.instruments.ea_el3000 import EaLoadDriver
+from soclab.edge.instruments.ea_el3000 import EaLoadOptions
+from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver
+from soclab.edge.instruments.libresolar_mppt import MpptOptions
 from soclab.edge.instruments.libresolar_mppt.driver import MpptDriver
 from soclab.edge.runs.actuators import EloadActuator, MpptActuator
 from soclab.edge.runs.control import InstrumentControl
@@ -74,7 +76,8 @@ def test_a_whole_cycle_runs_on_the_simulated_lab(tmp_path: Path) -> None:
             "eload": EaLoadSimulator(battery, tmp_path / "eload")}  # fmt: skip
     lab = SimulatedLab(battery, SupplyProfile(10.0), sims)  # type: ignore[arg-type]
     lab.start()
-    mppt, eload = MpptDriver(str(tmp_path / "mppt")), EaLoadDriver(str(tmp_path / "eload"))
+    mppt = MpptDriver(MpptOptions(port=str(tmp_path / "mppt")))
+    eload = EaLoadDriver(EaLoadOptions(port=str(tmp_path / "eload")))
     records: list[dict[str, Any]] = []
     try:
         mppt.open()

@@ -7,6 +7,8 @@
 - ``secure_broker``: Debian's Mosquitto running ``compose/mosquitto/config`` (TLS, passwords,
   ACL, limits) with only paths and port changed (``Mosquitto.from_project_config``).
 - ``tls_client``: factory of ``serverkit.TlsClient``, closed at teardown.
+- ``monitor_broker``: a secured broker of the test's own whose ACL is the committed one after
+  ``mqtt-user.sh acl-monitor`` granted the monitor accounts (``serverkit.MONITORS``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverkit import BRIDGE, DEVICES, MOSQUITTO_CONFIG, MOSQUITTO_PASSWD, Account, TlsClient, make_certs
+from serverkit import (
+    BRIDGE,
+    DEVICES,
+    LABJACK,
+    MONITORS,
+    MOSQUITTO_CONFIG,
+    MOSQUITTO_PASSWD,
+    Account,
+    TlsClient,
+    broker_with_monitor,
+    make_certs,
+)
 
 from soclab.dev.localservices import Mosquitto
 
@@ -28,7 +41,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pki")
     make_certs(folder, "ca")
     make_certs(folder, "server", "localhost", "127.0.0.1")
-    for user in (*DEVICES, BRIDGE):
+    for user in (*DEVICES, LABJACK, BRIDGE, *MONITORS):
         make_certs(folder, "client", user)
     return folder
 
@@ -42,7 +55,7 @@ def passwd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def accounts(pki: Path, passwd_dir: Path) -> dict[str, Account]:
     made = {
         user: Account(user, secrets.token_urlsafe(24), pki / "clients" / user.replace("/", "."))
-        for user in (*DEVICES, BRIDGE)
+        for user in (*DEVICES, LABJACK, BRIDGE, *MONITORS)
     }
     passwd = passwd_dir / "passwd"
     passwd.touch(mode=0o600)
@@ -67,6 +80,14 @@ def secure_broker(
         certs_dir=pki / "server",
     )
     with broker:
+        yield broker
+
+
+@pytest.fixture
+def monitor_broker(
+    tmp_path: Path, pki: Path, passwd_dir: Path, accounts: dict[str, Account]
+) -> Iterator[Mosquitto]:
+    with broker_with_monitor(tmp_path, pki, passwd_dir) as broker:
         yield broker
 
 

@@ -7,9 +7,12 @@ is bounded by ``WAIT_S``. ``make_certs`` runs ``compose/mosquitto/make-certs.sh`
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import shutil
 import ssl
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,13 @@ QUIET_S = 0.5  # how long to wait for something that should not happen, after a 
 
 DEVICES = ("lab1/pi-01/mppt", "lab1/pi-01/eload")
 BRIDGE = "soclab-bridge"
+LABJACK = "lab1/pi-01/labjack"  # the third device of the simulated lab (test_watch_tls)
+# Monitor accounts, granted by mqtt-user.sh (broker_with_monitor). One per connection that may be
+# open at the same time: the broker may bind a connection to its account (one each).
+MONITOR_NAMES = ("watch", "lab", "reader", "script")
+MONITORS = tuple(f"monitor/{name}" for name in MONITOR_NAMES)
+MONITOR = MONITORS[0]
+MQTT_USER_SH = REPO / "compose" / "mosquitto" / "mqtt-user.sh"
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,27 @@ def connack(client: mqtt.Client, broker: Mosquitto, events: queue.Queue[tuple[st
     except queue.Empty:
         pytest.fail(f"neither CONNACK nor disconnection from {broker} after {WAIT_S} s")
     return reason if kind == "connack" else None
+
+
+@contextlib.contextmanager
+def broker_with_monitor(folder: Path, pki: Path, passwd_dir: Path) -> Iterator[Mosquitto]:
+    """The secured broker, its ACL the committed one after ``mqtt-user.sh acl-monitor`` granted
+    the ``MONITORS`` (as on a server), running in ``folder``."""
+    compose = folder / "compose"
+    shutil.copytree(MOSQUITTO_CONFIG, compose / "mosquitto" / "config")
+    shutil.copy(MQTT_USER_SH, compose / "mosquitto" / "mqtt-user.sh")
+    script = compose / "mosquitto" / "mqtt-user.sh"
+    for name in MONITOR_NAMES:
+        grant = ["sh", str(script), "acl-monitor", name]
+        subprocess.run(grant, check=True, capture_output=True, timeout=30)
+    broker = Mosquitto.from_project_config(
+        folder / "mosquitto",
+        config_dir=compose / "mosquitto" / "config",
+        passwd_dir=passwd_dir,
+        certs_dir=pki / "server",
+    )
+    with broker:
+        yield broker
 
 
 def broker_ca(broker: Mosquitto) -> Path:

@@ -1,5 +1,5 @@
 """Who may command whom, on the server's broker: the committed configuration (compose/mosquitto)
-with one operator's block, as ``mqtt-user.sh operator alice`` adds it, on Debian's Mosquitto.
+with one operator's block, as ``mqtt-user.sh acl-operator alice`` adds it, on Debian's Mosquitto.
 
 Operators publish commands to every device and to every node's run controller and read all;
 a device reads only its own commands and answers only on its own ``cmd/result``; the run
@@ -21,8 +21,8 @@ from serverkit import (
     DEVICES,
     MOSQUITTO_CONFIG,
     MOSQUITTO_PASSWD,
+    MQTT_USER_SH,
     QUIET_S,
-    REPO,
     Account,
     TlsClient,
     make_certs,
@@ -33,7 +33,6 @@ from soclab.dev.localservices import Mosquitto
 MPPT, ELOAD = DEVICES
 RUN = "lab1/pi-01/run"
 OPERATOR = "operator/alice"
-MQTT_USER = REPO / "compose" / "mosquitto" / "mqtt-user.sh"
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +51,12 @@ def command_broker(
     tmp_path_factory: pytest.TempPathFactory, pki: Path, command_accounts: dict[str, Account]
 ) -> Iterator[Mosquitto]:
     folder = tmp_path_factory.mktemp("command-broker")
-    config = folder / "config"
+    compose = folder / "compose" / "mosquitto"
+    config = compose / "config"
     shutil.copytree(MOSQUITTO_CONFIG, config)
-    script = ["sh", str(MQTT_USER), "acl", "operator", "alice"]
-    block = subprocess.run(script, check=True, capture_output=True, text=True, timeout=30).stdout
-    with open(config / "acl", "a", encoding="utf-8") as acl:
-        acl.write("\n" + block)
+    shutil.copy(MQTT_USER_SH, compose / "mqtt-user.sh")
+    grant = ["sh", str(compose / "mqtt-user.sh"), "acl-operator", "alice"]
+    subprocess.run(grant, check=True, capture_output=True, timeout=30)
     passwd = folder / "passwd"
     passwd.mkdir()
     (passwd / "passwd").touch(mode=0o600)
@@ -82,13 +81,32 @@ def connect(
     return make
 
 
-def test_the_committed_acl_holds_no_operator_and_the_script_makes_the_block() -> None:
-    acl = (MOSQUITTO_CONFIG / "acl").read_text(encoding="utf-8")
-    assert "user operator/" not in acl
-    bad = subprocess.run(
-        ["sh", str(MQTT_USER), "acl", "operator", "Alice;#"], capture_output=True, timeout=30
-    )
+def test_mqtt_user_sh_grants_an_operator_once_below_the_acls_operators_line(tmp_path: Path) -> None:
+    committed = (MOSQUITTO_CONFIG / "acl").read_text(encoding="utf-8")
+    assert "user operator/" not in committed
+    script = tmp_path / "mosquitto" / "mqtt-user.sh"
+    (tmp_path / "mosquitto" / "config").mkdir(parents=True)
+    (tmp_path / "mosquitto" / "config" / "acl").write_text(committed, encoding="utf-8")
+    script.write_bytes(MQTT_USER_SH.read_bytes())
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(script), *args], capture_output=True, text=True, timeout=30)
+
+    assert run("acl-operator", "alice").returncode == 0
+    assert "already" in run("acl-operator", "alice").stdout
+    bad = run("acl-operator", "Alice;#")
     assert bad.returncode == 2
+    assert "must be" in bad.stderr
+    text = (tmp_path / "mosquitto" / "config" / "acl").read_text(encoding="utf-8")
+    assert text.count("user operator/alice\n") == 1
+    assert text.split("# operators:\n", 1)[1].splitlines()[:6] == [
+        "user operator/alice",
+        "topic write soclab/+/+/+/cmd",
+        "topic read soclab/#",
+        "topic read soclab-bridge/+/status",
+        "topic read soclab-bridge/+/deadletter",
+        "topic deny soclab/operator/alice/#",
+    ]
 
 
 def test_an_operator_commands_any_device_and_run_controller(connect: Callable[[str], TlsClient]) -> None:

@@ -128,10 +128,11 @@ class Spool:
     def count(self, first_seq: int, last_seq: int | None) -> int:
         """How many samples first..last (inclusive; None: to the end) are stored."""
         with self._lock:
-            return self._db.execute(
+            (count,) = self._db.execute(
                 "SELECT COUNT(*) FROM samples WHERE seq BETWEEN ? AND ?",
                 (first_seq, _NO_END if last_seq is None else last_seq),
-            ).fetchone()[0]
+            ).fetchone()
+        return int(count)
 
     def remove(self, first_seq: int, last_seq: int) -> int:
         """Forget samples first..last (inclusive): the bridge stored them. Returns how many."""

@@ -105,7 +105,7 @@ def validate(message: Any, expected: str | None = None) -> dict[str, Any]:
     except fastjsonschema.JsonSchemaException as fast_error:
         error = next(iter(_validator(name).iter_errors(message)), None)
         if error is None:
-            raise InvalidMessage(f"{name} invalid: {fast_error.message[:300]}") from None
+            raise InvalidMessage(f"{name} invalid: {str(fast_error)[:300]}") from None
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise InvalidMessage(f"{name} invalid at {where}: {error.message[:300]}") from None
     return message

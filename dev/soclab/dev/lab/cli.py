@@ -26,15 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from soclab.dev.lab.processes import Children
-from soclab.dev.lab.view import LiveView
+from soclab.dev.lab.view import LabView
 from soclab.dev.localservices.influxdb import InfluxDB1
 from soclab.dev.localservices.mosquitto import Mosquitto
 from soclab.dev.localservices.v2shim import V2WriteShim
+from soclab.edge.instruments import KINDS, kinds
 from soclab.wire import logs
+from soclab.wire.mqtt import MqttSettings
 
 log = logging.getLogger("soclab.dev.lab")
 
-INSTRUMENTS = ("mppt", "eload", "labjack")
+INSTRUMENTS = kinds()  # the registry's (soclab.edge.instruments)
 LOCAL_DB = "soclab"
 
 
@@ -103,16 +105,18 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() >= next_query:
                 view.refresh_stored()
                 next_query = time.monotonic() + 3.0
+            failed = children.failed()
+            view.problems = [
+                f"{name} exited with code {code}: see {var / 'logs' / name}.log" for name, code in failed
+            ]
             view.show()
-            for name, code in children.failed():
-                print(f"! {name} exited with code {code}: see {var / 'logs' / name}.log", flush=True)
             time.sleep(1.0)
     print("lab stopped; nothing left running. Data and logs are in", args.var)
     return 0
 
 
 @contextlib.contextmanager
-def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LiveView, Children]]:
+def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LabView, Children]]:
     """Start everything in order; stop it all in reverse order, whatever happens."""
     children = Children(var / "logs")
     with contextlib.ExitStack() as stack:
@@ -138,7 +142,7 @@ def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LiveView, Childr
         _start_simulated_lab(settings, var, children, env)
         for name, table in settings.instruments.items():
             _start_publisher(name, table, var, children, env)
-        view = LiveView(broker_host, broker_port, stored_counts)
+        view = LabView(_view_mqtt(settings, broker_host, broker_port), stored_counts)
         view.start()
         stack.callback(view.stop)
         yield view, children
@@ -149,6 +153,13 @@ def _broker(settings: LabSettings, var: Path, stack: contextlib.ExitStack) -> tu
         return settings.mqtt["host"], int(settings.mqtt.get("port", 1883))
     broker = stack.enter_context(Mosquitto(var / "mosquitto"))
     return broker.host, broker.port
+
+
+def _view_mqtt(settings: LabSettings, host: str, port: int) -> MqttSettings:
+    """How the live view reaches the broker: ``[mqtt]``'s other keys (a monitor account's user
+    name, ``password_file``, TLS files) on a real broker; nothing more on the local one."""
+    table = {k: v for k, v in settings.mqtt.items() if k not in ("host", "port")}
+    return MqttSettings(host=host, port=port, **table).with_password({}, "SOCLAB_MQTT_PASSWORD")
 
 
 def _database(settings: LabSettings, var: Path, stack: contextlib.ExitStack) -> tuple[dict[str, str], Any]:
@@ -166,7 +177,7 @@ def _database(settings: LabSettings, var: Path, stack: contextlib.ExitStack) -> 
 
     def stored_counts() -> dict[str, int]:
         counts = {}
-        for series in db.query("SELECT count(seq) FROM mppt, eload, labjack", db=LOCAL_DB):
+        for series in db.query(f"SELECT count(seq) FROM {', '.join(INSTRUMENTS)}", db=LOCAL_DB):
             counts[series["name"]] = int(series["values"][0][1])
         return counts
 
@@ -192,7 +203,7 @@ def _publisher_env(settings: LabSettings, var: Path, host: str, port: int) -> di
 
 
 def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, env: dict[str, str]) -> None:
-    wire = [n for n in settings.simulated() if n in ("mppt", "eload")]
+    wire = [n for n in settings.simulated() if KINDS[n].simulator]
     sim = settings.simulation
     args = [
         "-m",
@@ -231,10 +242,11 @@ def _start_publisher(
     extra = dict(env)
     if table.get("config"):
         pass  # the lab engineer's own publisher configuration, as it is (site, node, broker aside)
-    elif name in ("mppt", "eload"):
+    elif KINDS[name].transport == "serial":  # a real port, or the simulator's pty
         extra["SOCLAB_INSTRUMENT_PORT"] = table.get("port") or str(var / "dev" / name)
-    elif name == "labjack":
+    elif KINDS[name].transport == "ljm":  # the LJM stand-in, fed by the simulated lab's battery
         extra["SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE"] = str(var / "battery.state")
+    extra.update(table.get("env", {}))  # this publisher's own (e.g. its account on a real broker)
     children.start(name, ["-m", "soclab.edge.publisher", "--config", str(config)], env=extra)
 
 

@@ -7,17 +7,20 @@ for them; the drivers open the links (e.g. ``var/lab/dev/mppt``) as they would `
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from soclab.dev.data import RECORDING
 from soclab.dev.sim.battery import Battery, BatteryParams
 from soclab.dev.sim.lab import SimulatedLab
 from soclab.dev.sim.profiles import LAB_EVENING, Profile, ReplayProfile, SupplyProfile
 from soclab.dev.sim.simulator import WireSimulator
+from soclab.edge.instruments import UnknownKind, kind, kinds
 from soclab.wire import logs
 
 log = logging.getLogger("soclab.dev.sim")
@@ -38,27 +41,36 @@ def _profile(spec: str, speed: float) -> Profile | None:
     )
 
 
-def _simulators(names: list[str], battery: Battery, dev_dir: Path, args: argparse.Namespace) -> dict:
+def wire_kinds() -> list[str]:
+    """The kinds the registry gives a wire simulator (the others are simulated behind a library)."""
+    return [name for name in kinds() if kind(name).simulator]
+
+
+def _simulators(
+    names: list[str], battery: Battery, dev_dir: Path, args: argparse.Namespace
+) -> dict[str, WireSimulator]:
+    own: dict[str, dict[str, Any]] = {"mppt": {"dialect": args.mppt_dialect, "period_s": args.mppt_period}}
     sims: dict[str, WireSimulator] = {}
     for name in names:
-        link = dev_dir / name
-        if name == "mppt":
-            from soclab.dev.sim.instruments.libresolar_mppt import MpptSimulator
-
-            sims[name] = MpptSimulator(battery, link, dialect=args.mppt_dialect, period_s=args.mppt_period)
-        elif name == "eload":
-            from soclab.dev.sim.instruments.ea_el3000 import EaLoadSimulator
-
-            sims[name] = EaLoadSimulator(battery, link)
-        else:
-            raise ValueError(f"no wire simulator for {name!r} (the LabJack is simulated behind LJM)")
+        try:
+            target = kind(name).simulator
+        except UnknownKind as exc:
+            raise ValueError(str(exc)) from None
+        if target is None:
+            raise ValueError(
+                f"no wire simulator for {name!r} (simulated behind its library); wire: {wire_kinds()}"
+            )
+        module_name, _, class_name = target.partition(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        sims[name] = cls(battery, dev_dir / name, **own.get(name, {}))
     return sims
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--dev-dir", type=Path, default=Path("var/lab/dev"), help="where the links go")
-    parser.add_argument("--instruments", default="mppt,eload", help="comma-separated: mppt, eload")
+    wire = ",".join(wire_kinds())
+    parser.add_argument("--instruments", default=wire, help=f"comma-separated, of: {wire}")
     parser.add_argument("--mppt-dialect", default="v21", help="v21, v0.4 or v0.5")
     parser.add_argument("--mppt-period", type=float, default=1.0, help="seconds between publications")
     parser.add_argument(

@@ -21,7 +21,8 @@ class Setpoint:
 
 
 class Profile(Protocol):
-    duration_s: float
+    @property
+    def duration_s(self) -> float: ...
 
     def at(self, t_s: float) -> Setpoint: ...
 

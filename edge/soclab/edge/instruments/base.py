@@ -5,16 +5,23 @@ pattern); the public ``read`` adds what all drivers share: reconnecting when the
 counting it, and never raising on a wire fault. Time stamps are taken on this machine at
 acquisition (``time.time_ns()``), made strictly increasing per instrument so that no two
 samples share an InfluxDB identity.
+
+Threads: ``read`` is called by one thread (the publisher's acquisition thread); control methods
+of a driver (switching a load, writing a setting) may come from another, and each driver
+serialises its transport itself. ``health`` may be updated from any of them and is read as a
+``snapshot()``, never iterated live.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 Value = float | int | bool
 
@@ -42,13 +49,66 @@ class DeviceError(InstrumentError):
     """The instrument answered a request with an error."""
 
 
-@dataclass
-class Health:
-    """What a driver reports in the status topic."""
+@dataclass(frozen=True, slots=True)
+class HealthSnapshot:
+    """A copy of a driver's health at one moment, for the status topic."""
 
-    counters: Counter[str] = field(default_factory=Counter)
-    gauges: dict[str, float | None] = field(default_factory=dict)
-    last_error: str | None = None
+    counters: Mapping[str, int]
+    gauges: Mapping[str, float | None]
+    last_error: str | None
+
+
+class Health:
+    """What a driver reports in the status topic: counters, gauges and the last error.
+
+    Any thread may update it (the acquisition thread reading, another one commanding); readers
+    take a ``snapshot()`` or copies (``counters``, ``gauges``), so nobody iterates a dict that
+    another thread is extending.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: Counter[str] = Counter()
+        self._gauges: dict[str, float | None] = {}
+        self._last_error: str | None = None
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += n
+
+    def set_gauge(self, name: str, value: float | None) -> None:
+        with self._lock:
+            self._gauges[name] = value
+
+    def gauge(self, name: str) -> float | None:
+        with self._lock:
+            return self._gauges.get(name)
+
+    @property
+    def last_error(self) -> str | None:
+        with self._lock:
+            return self._last_error
+
+    @last_error.setter
+    def last_error(self, text: str | None) -> None:
+        with self._lock:
+            self._last_error = text
+
+    @property
+    def counters(self) -> Counter[str]:
+        """A copy (missing names read 0)."""
+        with self._lock:
+            return Counter(self._counters)
+
+    @property
+    def gauges(self) -> dict[str, float | None]:
+        """A copy."""
+        with self._lock:
+            return dict(self._gauges)
+
+    def snapshot(self) -> HealthSnapshot:
+        with self._lock:
+            return HealthSnapshot(dict(self._counters), dict(self._gauges), self._last_error)
 
 
 class Instrument(ABC):
@@ -64,11 +124,6 @@ class Instrument(ABC):
         self._backoff = self.reopen_backoff_s[0]
         self._last_t_ns = 0
 
-    @classmethod
-    def from_config(cls, table: dict[str, Any]) -> Instrument:
-        """Build the driver from its ``[instrument]`` table (TOML). Override for nested settings."""
-        return cls(**table)
-
     # --- what a driver implements -------------------------------------------------------------
     @abstractmethod
     def _open(self) -> None:
@@ -82,7 +137,7 @@ class Instrument(ABC):
     def _read(self, timeout: float) -> list[Reading]:
         """Return readings acquired within ``timeout`` seconds (maybe none). Raise ConnectionLost."""
 
-    def identity(self) -> dict[str, str | float | int | bool | None]:
+    def identity(self) -> Identity:
         """Model, serial number, firmware, ratings: what the device told about itself."""
         return {}
 
@@ -92,6 +147,7 @@ class Instrument(ABC):
         self._open()
         self._is_open = True
         self._backoff = self.reopen_backoff_s[0]
+        self.health.last_error = None
 
     def close(self) -> None:
         if self._is_open:
@@ -114,7 +170,7 @@ class Instrument(ABC):
         except ConnectionLost as exc:
             self._lost(exc)
             return []
-        self.health.counters["samples_read"] += len(readings)
+        self.health.count("samples_read", len(readings))
         return readings
 
     def now_ns(self) -> int:
@@ -122,14 +178,14 @@ class Instrument(ABC):
         t = time.time_ns()
         if t <= self._last_t_ns:
             if t < self._last_t_ns - 1_000_000:
-                self.health.counters["clock_steps_back"] += 1
+                self.health.count("clock_steps_back")
             t = self._last_t_ns + 1
         self._last_t_ns = t
         return t
 
     def _lost(self, exc: Exception) -> None:
         log.warning("instrument=%s event=connection_lost error=%r", self.kind, str(exc))
-        self.health.counters["connection_losses"] += 1
+        self.health.count("connection_losses")
         self.health.last_error = f"connection lost: {exc}"
         self._is_open = False
         self._close()
@@ -143,7 +199,7 @@ class Instrument(ABC):
         try:
             self._open()
         except Exception as exc:  # absent, or refusing to open (a pty's termios error): retry later
-            self.health.counters["open_failures"] += 1
+            self.health.count("open_failures")
             self.health.last_error = f"cannot open: {type(exc).__name__}: {exc}"
             if not isinstance(exc, ConnectionLost):
                 log.warning("instrument=%s event=open_failed error=%r", self.kind, self.health.last_error)
@@ -152,7 +208,11 @@ class Instrument(ABC):
             return False
         self._is_open = True
         self._backoff = self.reopen_backoff_s[0]
+        self.health.last_error = None  # what went wrong before is over: the status must not say otherwise
         if self.health.counters["connection_losses"]:
-            self.health.counters["port_reopens"] += 1
+            self.health.count("port_reopens")
         log.info("instrument=%s event=reopened", self.kind)
         return True
+
+
+Identity = dict[str, str | float | int | bool | None]

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from soclab.edge.instruments import driver_class
+from soclab.edge.instruments import build
 from soclab.edge.publisher import config as config_module
 from soclab.edge.publisher.service import Publisher
 from soclab.wire import logs
@@ -22,8 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config)
-        instrument = driver_class(config.source.kind).from_config(config.instrument)
-    except (config_module.ConfigError, TypeError, ValueError, ImportError) as exc:
+        if config.instrument is None:
+            raise config_module.ConfigError(
+                f"no [instrument] table: the {config.source.kind} driver needs one"
+            )
+        instrument = build(config.source.kind, config.instrument)
+    except (ValueError, ImportError) as exc:  # ConfigError is a ValueError; a missing library an ImportError
         print(f"soclab-publish: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, args.log_format)

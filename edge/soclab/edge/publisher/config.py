@@ -1,9 +1,14 @@
 """The publisher's settings: a TOML file, then environment variables over it.
 
 Every setting ``[section] key`` can be overridden by ``SOCLAB_<SECTION>_<KEY>`` (upper case),
-e.g. ``SOCLAB_MQTT_HOST``. The MQTT password comes only from ``SOCLAB_MQTT_PASSWORD`` or from the
-file ``password_file`` names, never from the TOML itself (``soclab.wire.mqtt``).
-The ``[instrument]`` table is handed to the driver as it is (see each driver's ``from_config``).
+e.g. ``SOCLAB_MQTT_HOST``; ``__`` reaches into a sub-table (``SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE``).
+The MQTT password comes only from ``SOCLAB_MQTT_PASSWORD`` or from the file ``password_file``
+names, never from the TOML itself (``soclab.wire.mqtt``).
+
+``[instrument]`` becomes the typed options of ``source.kind``'s driver (the registry in
+``soclab.edge.instruments``), through the same settings path; a publisher file without
+``[instrument]`` (and no ``SOCLAB_INSTRUMENT_*``) has no options, for a caller that brings its own
+instrument. ``publisher.example.toml`` beside this module is a complete example.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from soclab.edge.instruments import UnknownKind, kind, kinds
+from soclab.edge.instruments.kinds import Options
 from soclab.wire import Topic, TopicError
 from soclab.wire.mqtt import MqttSettings
-from soclab.wire.settings import ConfigError, read_toml, section
+from soclab.wire.settings import ConfigError, load_section, read_toml
 
-__all__ = ["ConfigError", "PublisherConfig", "load"]
+__all__ = ["EXAMPLE", "ConfigError", "PublisherConfig", "load"]
+
+EXAMPLE = Path(__file__).with_name("publisher.example.toml")
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ class StatusConfig:
 @dataclass(frozen=True)
 class PublisherConfig:
     source: SourceConfig
-    instrument: dict[str, Any] = field(default_factory=dict)
+    instrument: Options | None = None  # the typed options of source.kind's driver
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
@@ -100,13 +109,27 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
     unknown = set(raw) - set(_SECTIONS) - {"instrument", "log_level"}
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}, instrument")
-    sections = {
-        name: section(name, cls, raw.get(name, {}), env, "SOCLAB_", refused=_REFUSED.get(name))
+    sections: dict[str, Any] = {  # a variable naming no setting is a typo here: an error
+        name: load_section(
+            cls,
+            raw.get(name, {}),
+            where=name,
+            env=env,
+            prefix=f"SOCLAB_{name.upper()}_",
+            refused=_REFUSED.get(name),
+        )
         for name, cls in _SECTIONS.items()
     }
     sections["mqtt"] = sections["mqtt"].with_password(env, "SOCLAB_MQTT_PASSWORD")
     sections["mqtt"].check()
-    instrument = _instrument(raw.get("instrument", {}), env)
+    source = sections["source"]
+    try:
+        instrument_kind = kind(source.kind)
+    except UnknownKind:
+        raise ConfigError(f"[source] kind {source.kind!r} is not one of {', '.join(kinds())}") from None
+    instrument = None
+    if "instrument" in raw or any(name.startswith("SOCLAB_INSTRUMENT_") for name in env):
+        instrument = instrument_kind.load_options(raw.get("instrument", {}), env)
     config = PublisherConfig(
         instrument=instrument,
         log_level=env.get("SOCLAB_LOG_LEVEL", raw.get("log_level", "INFO")),
@@ -116,27 +139,4 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
         config.topic  # noqa: B018 - validates site/node/device as topic levels
     except TopicError as exc:
         raise ConfigError(f"[source]: {exc}") from None
-    if config.source.kind not in ("mppt", "eload", "labjack"):
-        raise ConfigError(f"source.kind {config.source.kind!r} is not mppt, eload or labjack")
     return config
-
-
-def _instrument(table: Any, env: dict[str, str]) -> dict[str, Any]:
-    """The driver's table, with ``SOCLAB_INSTRUMENT_<KEY>`` over it; ``__`` reaches into a
-    sub-table (``SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE`` sets ``[instrument.standin]
-    battery_file``). Values from the environment are strings: the driver converts them."""
-    if not isinstance(table, dict):
-        raise ConfigError("[instrument] must be a table")
-    instrument = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
-    prefix = "SOCLAB_INSTRUMENT_"
-    for variable, value in env.items():
-        if not variable.startswith(prefix):
-            continue
-        *parents, key = variable[len(prefix) :].lower().split("__")
-        target = instrument
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"{variable}: [instrument] {parent} is not a table")
-        target[key] = value
-    return instrument

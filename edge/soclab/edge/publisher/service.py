@@ -8,6 +8,17 @@ The sender hands paho at most ``mqtt.max_inflight`` messages not yet acknowledge
 (paho sends them again after a reconnect); the ledger decides what goes next (resends, live
 data, backlog) and when a sample may leave the spool. The MQTT session is persistent, so
 confirmations published while the publisher is away wait for it at the broker.
+
+Threads, and what each one owns:
+
+- the sender (the thread that calls ``run()``): the ledger, the publisher's counters and gauges,
+  every status message; it is the only one to publish;
+- acquisition: the instrument's ``read()``; it appends to the spool (which locks itself) and
+  reports a failure as an ``AcquisitionFailed`` event;
+- paho's network thread: its callbacks only hand typed events (``Connected``, ``PubAck``,
+  ``Stored`` ...) to the sender's queue, and subscribe on connect.
+
+The instrument's health is read as a snapshot (``Health.snapshot``), never iterated live.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -32,6 +44,40 @@ from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessag
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.2  # the sender wakes at least this often
+
+
+# --- what the other threads tell the sender ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Connected:
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRefused:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PubAck:
+    mid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AcquisitionFailed:
+    error: str
+
+
+Event = Connected | ConnectRefused | Disconnected | PubAck | Stored | AcquisitionFailed
 
 
 class Publisher:
@@ -51,7 +97,7 @@ class Publisher:
         self._prefix = f'{{"schema":"{DATA_SCHEMA}","source":{json.dumps(self._source)},"samples":['
         self._stop = threading.Event()
         self._connected = threading.Event()
-        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._gauges: dict[str, float | None] = {}
         self.client = make_client(config, self._status_payload("offline", "connection-lost"))
@@ -63,30 +109,24 @@ class Publisher:
     # --- paho callbacks (network thread): hand events to the sender, never block ----------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            self.counters["connect_failures"] += 1
-            log.warning("event=connect_refused reason=%s", reason)
+            self._event(ConnectRefused(str(reason)))
             return
-        log.info("event=connected broker=%s:%d session_present=%s", self.config.mqtt.host,
-                 self.config.mqtt.port, flags.session_present)  # fmt: skip
         client.subscribe(self._stored_topic, qos=1)
-        client.publish(self._status_topic, self._status_payload("online"), qos=1, retain=True)
-        self._event("connected", None)
         self._connected.set()
+        self._event(Connected(bool(flags.session_present)))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
-        if not self._stop.is_set():
-            self.counters["disconnects"] += 1
-            log.warning("event=disconnected reason=%s", reason)
+        self._event(Disconnected(str(reason)))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        self._event("puback", mid)
+        self._event(PubAck(mid))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._event("stored", message.payload)
+        self._event(Stored(bytes(message.payload)))
 
-    def _event(self, kind: str, value: Any) -> None:
-        self._events.put((kind, value))
+    def _event(self, event: Event) -> None:
+        self._events.put(event)
         self._wakeup.set()
 
     # --- running ------------------------------------------------------------------------------
@@ -136,10 +176,10 @@ class Publisher:
                 if readings:
                     self.spool.append(readings)  # a full disk raises here: counted and logged below
                     self._wakeup.set()
-            except Exception as exc:  # an error must not end acquisition: count, log, retry
+            except Exception as exc:  # an error must not end acquisition: report, log, retry
                 failures += 1
-                self.counters["acquisition_errors"] += 1
                 self.instrument.health.last_error = f"{type(exc).__name__}: {exc}"
+                self._event(AcquisitionFailed(f"{type(exc).__name__}: {exc}"))
                 log.exception("event=acquisition_error consecutive=%d", failures)
                 self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
                 continue
@@ -149,17 +189,34 @@ class Publisher:
     def _handle_events(self) -> None:
         while True:
             try:
-                kind, value = self._events.get_nowait()
+                event = self._events.get_nowait()
             except queue.Empty:
                 return
-            if kind == "puback":
-                self.ledger.puback(value)
-                self.counters["messages_acked"] += 1
-            elif kind == "stored":
-                self._confirmation(value)
-            elif kind == "connected":
-                self.counters["connects"] += 1
-                self.ledger.reconnected()
+            match event:
+                case PubAck(mid):
+                    self.ledger.puback(mid)
+                    self.counters["messages_acked"] += 1
+                case Stored(payload):
+                    self._confirmation(payload)
+                case Connected(session_present):
+                    self.counters["connects"] += 1
+                    m = self.config.mqtt
+                    log.info(
+                        "event=connected broker=%s:%d session_present=%s", m.host, m.port, session_present
+                    )
+                    self.ledger.reconnected()
+                    self.client.publish(
+                        self._status_topic, self._status_payload("online"), qos=1, retain=True
+                    )
+                case ConnectRefused(reason):
+                    self.counters["connect_failures"] += 1
+                    log.warning("event=connect_refused reason=%s", reason)
+                case Disconnected(reason):
+                    if not self._stop.is_set():
+                        self.counters["disconnects"] += 1
+                        log.warning("event=disconnected reason=%s", reason)
+                case AcquisitionFailed():
+                    self.counters["acquisition_errors"] += 1
 
     def _confirmation(self, payload: bytes) -> None:
         try:
@@ -210,7 +267,8 @@ class Publisher:
         self.client.publish(self._status_topic, self._status_payload("online"), qos=1, retain=True)
 
     def status(self, state: str = "online", reason: str | None = None) -> dict[str, Any]:
-        health = self.instrument.health
+        """The status message (the sender's thread builds it; the instrument's health is a snapshot)."""
+        health = self.instrument.health.snapshot()
         counters = Counter(self.counters)
         counters.update(health.counters)
         counters["spool_dropped"] = self.spool.dropped

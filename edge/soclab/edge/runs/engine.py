@@ -101,7 +101,7 @@ def plan(
         volts = min(spec["voltage_v"], ceiling)
     return [
         Action(load, "input", {"on": False}),
-        Action(charger, "conf", {"values": {"charge_current_max_a": amps, "charge_voltage_v": volts}}),
+        Action(charger, "charge_limits", {"current_max_a": amps, "voltage_v": volts}),
         Action(charger, "charging", {"on": True}),
     ]
 

@@ -2,16 +2,21 @@
 
 It parses what arrives as the device does (start delimiter, length, checksum: no scanning for
 frames), answers the objects in ``telegram.OBJECTS`` and the error telegrams of the captures.
-While its input is on it sinks its set current from the battery (``battery.set_current("eload",
--amps)``) and counts Ah in the battery's model time. It latches off when the battery voltage
-falls below ``cutoff_v`` (until the input is switched on again), like a discharge test ending.
+While its input is on it sinks current from the battery (``battery.set_current("eload", -amps)``)
+as the load's three set values allow together: at most the set current, at most the set power,
+and no more than keeps its input at the set voltage (CV: a battery below it gets nothing, one
+near it a tapering current). It counts Ah in the battery's model time, and latches off when the
+battery voltage falls below ``cutoff_v`` (until the input is switched on again), like a
+discharge test ending.
 
 What the captures do not show, chosen here and marked as such:
 - a successful send is acknowledged with error code 0 (``C0 01 FF 00 01 C0``);
 - object 70 (status) carries, as on the PS 2000 B: byte 0 bits 1-0 = 01 in remote control,
   byte 1 bit 0 = input on. Nothing in the driver relies on this layout;
-- object 54 is write-only (a query gets error 9); 50-53 are readable;
-- only the current set value regulates; U, P and R set values are stored, not applied.
+- object 54 answers a query with its mask and the control byte (EA's object list says so), 50-53
+  are readable;
+- the resistance set value (53) is stored, not applied; the set values are those at power-up:
+  U 0 V, I 0 A, P nominal.
 """
 
 from __future__ import annotations
@@ -216,6 +221,9 @@ class EaLoadSimulator(WireSimulator):
             return tg.encode_float(self._ah)
         if obj == tg.OBJ_STATUS:
             return bytes((0x01 if self._remote else 0x00, 0x01 if self._input_on else 0x00))
+        if obj == tg.OBJ_CONTROL:
+            state = (tg.CONTROL_REMOTE if self._remote else 0) | (tg.CONTROL_INPUT if self._input_on else 0)
+            return bytes((tg.CONTROL_REMOTE | tg.CONTROL_INPUT, state))
         if obj == tg.OBJ_ACTUAL:
             volts = self.battery.state().voltage_v
             amps = self._sink_a
@@ -280,6 +288,20 @@ class EaLoadSimulator(WireSimulator):
             self._cut_off = False  # switching on again re-arms the discharge after a cut-off
         self._input_on = on
 
+    def _regulated(self, volts: float) -> float:
+        """What the load sinks now: the least of its set current, its set power at this voltage,
+        and (a set voltage given) the current that holds its input at that voltage, approached in
+        damped steps through the battery's series resistance (as the MPPT simulator's CV does)."""
+        nominal_v, nominal_a, nominal_w = self.nominal
+        sink = tg.from_word(self._set_words[tg.OBJ_SET_I], nominal_a)
+        if volts > 0:
+            sink = min(sink, tg.from_word(self._set_words[tg.OBJ_SET_P], nominal_w) / volts)
+        set_v = tg.from_word(self._set_words[tg.OBJ_SET_U], nominal_v)
+        if set_v > 0:
+            series_ohm = max(self.battery.params.r0_ohm, 1e-3)
+            sink = min(sink, max(0.0, self._sink_a + 0.7 * (volts - set_v) / series_ohm))
+        return max(0.0, sink)
+
     def _update_load(self) -> None:
         state = self.battery.state()
         with self._lock:
@@ -291,9 +313,7 @@ class EaLoadSimulator(WireSimulator):
                 log.info("simulator=eload event=cut_off voltage_v=%.3f", state.voltage_v)
             sink = 0.0
             if self._input_on and not self._cut_off:
-                sink = tg.from_word(self._set_words[tg.OBJ_SET_I], self.nominal[1])
-                if state.voltage_v > 0:
-                    sink = min(sink, self.nominal[2] / state.voltage_v)
+                sink = self._regulated(state.voltage_v)
             if sink != self._sink_a:
                 self._sink_a = sink
                 self.battery.set_current(self.name, -sink)  # under our lock: never an older value

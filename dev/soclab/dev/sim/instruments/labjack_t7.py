@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from soclab.dev.sim.battery import Battery
 from soclab.dev.sim.shared_battery import BatteryStateReader, SharedBatteryError
 
@@ -288,18 +290,34 @@ def configure(
         _dev = _Device(wiring=wiring, rng=random.Random(seed))
 
 
+class StandinOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[instrument.standin]``: the simulated lab's battery file and ``configure``'s keywords."""
+
+    battery_file: str
+    max_age_s: float = 1.0
+    current_ain: str = "AIN1"
+    voltage_ain: str = "AIN2"
+    resistor_ohm: float = 150.0
+    turns: int = 1
+    sensor_gain: float = 1.0
+    sensor_offset_a: float = 0.0
+    divider_ratio: float = 2.0
+    noise_v: float = 200e-6
+    drift_ppm: float = 20.0
+    skip_probability: float = 0.0
+    seed: int | None = None
+
+
 def configure_from_config(table: Mapping[str, Any]) -> None:
-    """From a TOML table: ``battery_file`` (the simulated lab's --state-file), ``max_age_s``, and
-    the keyword arguments of ``configure``."""
-    options = dict(table)
-    path = options.pop("battery_file", None)
-    if not path:
-        raise ValueError("[instrument.standin] needs battery_file (the simulated lab's --state-file)")
-    reader = BatteryStateReader(Path(path), max_age_s=float(options.pop("max_age_s", 1.0)))
+    """From the publisher's ``[instrument.standin]`` table (values from the environment are text:
+    converted here as the settings path converts them)."""
     try:
-        configure(reader, **options)
-    except TypeError as exc:
+        options = msgspec.convert(dict(table), StandinOptions, strict=False)
+    except msgspec.ValidationError as exc:
         raise ValueError(f"[instrument.standin]: {exc}") from None
+    settings = msgspec.structs.asdict(options)
+    path, max_age_s = settings.pop("battery_file"), settings.pop("max_age_s")
+    configure(BatteryStateReader(Path(path), max_age_s=max_age_s), **settings)
 
 
 def reset() -> None:

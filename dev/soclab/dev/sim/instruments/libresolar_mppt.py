@@ -16,6 +16,13 @@ follows the LabJack's reference during the e-load's discharges, so its shunt see
 Simplifications, chosen here: solar voltage is a fixed MPP voltage while charging (0 V without
 sun), temperatures are ambient plus a little per watt, ``dis_ah`` is the battery's total
 discharged charge, the day counters start at boot, and no low-voltage disconnect is modelled.
+
+The board is the lab's MPPT-1210-HUS, as the real firmware builds it for that board (the ThingSet
+library transcripts in tests/data): it has no MOSFET temperature sensor, so ``Mosfet_degC`` is
+not there (``:A4 Not Found.``), and the firmware after v21.0 has no ``Bat_degC`` either; v21.0's
+``conf`` group holds the firmware's whole settings table, of which the charge current limit
+(``BatChgMax_A``), the charge voltage (``Topping_V``) and the load settings act on the charger.
+Charging stops with ``DcdcEn`` off; topping does not end at ``ToppingCutoff_A`` (not modelled).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,24 @@ log = logging.getLogger(__name__)
 CHARGER = "mppt_charger"
 LOAD = "mppt_load"
 RX_BUFFER = 512  # the firmware's request buffer; longer requests are cut
+
+# What the MPPT-1210-HUS lacks in each firmware generation (see the module doc).
+_BOARD_LACKS = {"v21": {"mosfet_degc"}, "v0.4": {"mosfet_degc", "bat_degc"}, "v0.5": {"mosfet_degc"}}
+
+# v21.0's whole settings table for this board, in the firmware's order, with its defaults (the
+# real library's "?conf" answer); the roles' items (fields.DIALECTS["v21"].conf) are live settings.
+_V21_CONF: tuple[tuple[str, Any], ...] = (
+    ("BatNom_Ah", 50.0), ("BatRecharge_V", 13.0), ("BatAbsMin_V", 10.0), ("BatChgMax_A", 10.0),
+    ("Topping_V", 14.4), ("ToppingCutoff_A", 1.0), ("ToppingCutoff_s", 7200), ("TrickleEn", True),
+    ("Trickle_V", 13.8), ("TrickleRecharge_s", 1800), ("EqlEn", False), ("Eql_V", 14.8), ("Eql_A", 0.5),
+    ("EqlDuration_s", 3600), ("EqlInterval_d", 60), ("EqlDeepDisTrigger", 10), ("BatTempComp_mV-K", -3.0),
+    ("BatInt_Ohm", 0.025), ("BatWire_Ohm", 0.0), ("BatChgMax_degC", 50.0), ("BatChgMin_degC", -10.0),
+    ("BatDisMax_degC", 50.0), ("BatDisMin_degC", -10.0), ("LoadEnDefault", True), ("LoadDisconnect_V", 11.8),
+    ("LoadReconnect_V", 12.6), ("LoadOCRecovery_s", 30), ("LoadUVRecovery_s", 60), ("UsbEnDefault", True),
+    ("UsbUVRecovery_s", 60),
+)  # fmt: skip
+
+_PROTECTED = frozenset({"rec"})  # records: writable only after the maker's authentication
 
 _BOOT = {  # dialect -> (Zephyr build, firmware version string): plausible, not captured
     "v21": ("zephyr-v2.5.0", "v21.0"),
@@ -105,11 +131,19 @@ class MpptSimulator(WireSimulator):
             "capacity_ah": float(battery.params.capacity_ah),
             "charge_current_max_a": charge_current_max_a,
             "charge_voltage_v": charge_voltage_v,
+            "topping_cutoff_a": 1.0,
             "load_enable_default": load_enabled,
             "load_disconnect_v": 11.7,
             "load_reconnect_v": 12.6,
         }
         self._publish_default = publish
+        self._other_conf: dict[str, Any] = {}  # settings stored and read back, not acted on
+        # The controller's state; _reboot() sets it (at power-up and after a reset).
+        self._boot_t = self._last_t_s = self._next_pub = 0.0
+        self._load_en = self._cv_limited = self._booted = False
+        self._pub_en = publish
+        self._inputs: dict[str, bool] = {}
+        self._energy: dict[str, float] = {}
         self._tree, self._lists, self._functions = self._build_tree()
         self._booted = False
         self._reboot()
@@ -254,6 +288,8 @@ class MpptSimulator(WireSimulator):
         payload = req.payload()
         if not isinstance(payload, dict) or not payload:
             return self._respond(Status.BAD_REQUEST)
+        if req.path in _PROTECTED:
+            return self._respond(Status.UNAUTHORIZED)
         for name, value in payload.items():  # check everything before writing anything
             item = group.get(name)
             if item is None:
@@ -291,8 +327,10 @@ class MpptSimulator(WireSimulator):
         def put(group: str, name: str, item: _Item) -> None:
             tree.setdefault(group, {})[name] = item
 
+        lacks = _BOARD_LACKS.get(d.name, set())
         for it in d.items:
-            put(it.group, it.name, _Item(lambda f=it.field: self._values()[f], None, _type_of(it.field)))
+            if it.field not in lacks:
+                put(it.group, it.name, _Item(partial(self._field_value, it.field), None, _type_of(it.field)))
         identity = {
             "serial_number": self.device_id,
             "manufacturer": "Libre Solar",
@@ -301,27 +339,45 @@ class MpptSimulator(WireSimulator):
             "firmware_version": self.firmware_version,
         }
         for role, (group, name) in d.identity.items():
-            put(group, name, _Item(lambda v=identity[role]: v, None, str))
+            put(group, name, _Item(partial(_constant, identity[role]), None, str))
         if d.name == "v0.4":
             url = "https://files.libre.solar/tsm/cc-4.json"
-            put("info", "MetadataURL", _Item(lambda: url, None, str))
+            put("info", "MetadataURL", _Item(partial(_constant, url), None, str))
         for key, (group, name) in d.inputs.items():
-            put(
-                group,
-                name,
-                _Item(lambda k=key: self._inputs[k], lambda v, k=key: self._set_input(k, v), bool),
-            )
-        for role, (group, name) in d.conf.items():
-            kind = bool if isinstance(self._conf[role], bool) else float
-            put(
-                group,
-                name,
-                _Item(lambda r=role: self._conf_value(r), lambda v, r=role: self._set_conf(r, v), kind),
-            )
+            put(group, name, _Item(partial(self._input_value, key), partial(self._set_input, key), bool))
+        roles = {where: role for role, where in d.conf.items()}
+        table: list[tuple[str, str, Any]] = [(d.conf_group or "conf", name, v) for name, v in _V21_CONF]
+        if d.name != "v21":  # the later generations: the settings soclab knows by role
+            table = [(group, name, None) for group, name in d.conf.values()]
+        for group, name, default in table:
+            conf_role = roles.get((group, name))
+            if conf_role is not None:
+                kind: type = bool if isinstance(self._conf[conf_role], bool) else float
+                item = _Item(partial(self._conf_value, conf_role), partial(self._set_conf, conf_role), kind)
+            else:
+                self._other_conf[name] = default
+                kind = type(default) if isinstance(default, bool | int) else float
+                read = partial(self._other_conf.__getitem__, name)
+                item = _Item(read, partial(self._set_other, name), kind)
+            put(group, name, item)
         group, name = d.pub_enable
-        put(group, name, _Item(lambda: self._pub_en, self._set_pub, bool))
-        lists = {d.pub_names: lambda: [d.key(i.group, i.name) for i in d.published]}
+        put(group, name, _Item(self._pub_value, self._set_pub, bool))
+        published = [d.key(i.group, i.name) for i in d.published if i.field not in lacks]
+        lists: dict[str, Callable[[], list[str]]] = {d.pub_names: partial(list, published)}
         return tree, lists, {d.reset: self._reset_request}
+
+    def _field_value(self, field: str) -> Any:
+        return self._values()[field]
+
+    def _input_value(self, key: str) -> bool:
+        return self._inputs[key]
+
+    def _pub_value(self) -> bool:
+        return self._pub_en
+
+    def _set_other(self, name: str, value: Any) -> None:
+        self._other_conf[name] = value
+        log.info("simulator=mppt event=conf %s=%r", name, value)
 
     def _conf_value(self, role: str) -> Any:
         value = self._conf[role]
@@ -465,13 +521,17 @@ class MpptSimulator(WireSimulator):
             "load_w": r["load_w"],
             "mosfet_degc": self.ambient_degc + 4.0 + 0.15 * r["solar_w"],
             "bat_degc": r["bat_degc"],
+            "ambient_degc": self.ambient_degc,
         }
         return {name: _as_sent(name, value) for name, value in raw.items()}
 
     def _publication(self) -> dict[str, Any]:
         values = self._values()
         data: dict[str, Any] = {}
+        lacks = _BOARD_LACKS.get(self.dialect.name, set())
         for item in self.dialect.published:
+            if item.field in lacks:
+                continue
             target = data.setdefault(item.group, {}) if self.dialect.nested else data
             target[item.name] = values[item.field]
         return data
@@ -483,6 +543,10 @@ def _as_sent(name: str, value: Any) -> Any:
     if not decimals:  # integer items, and "%.0f", which reads back as a JSON integer
         return round(value)
     return round(float(value), decimals)
+
+
+def _constant(value: Any) -> Any:
+    return value
 
 
 def _type_of(field: str) -> type:

@@ -13,8 +13,13 @@ absorbs, >= 0) and ``ah`` (the load's Ah counter). A value whose answer failed a
 is absent and named in the flags (``missing:<name>``); a poll where both failed yields no
 Reading. No value is ever repeated from an earlier answer.
 
-Status (object 70) is not polled: the EL 3000's bit layout for remote/input is not in the
-documentation found so far, so ``remote``/``input_on`` are not reported rather than guessed.
+Control (``remote``, ``input``, ``set_current``/``set_voltage``/``set_power``) sends object 54
+or 50-52 and waits for the acknowledgement; the device's refusals come back as typed errors
+(``AccessDenied`` without remote control, ``UpperLimitExceeded`` ...), a value outside 0..nominal
+is refused before anything is sent. What the device is doing can be read back: its set values
+(``read_setpoints``) and remote/input (``read_control``: object 54 queried, which EA's object
+list answers with the mask and the control byte). Status (object 70) is not used: its bit layout
+for the EL 3000 is not in the documentation found so far.
 """
 
 from __future__ import annotations
@@ -23,31 +28,26 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-import serial
-
-from soclab.edge.instruments.base import ConnectionLost, Instrument, InstrumentError, Reading, Value
+from soclab.edge.instruments.base import ConnectionLost, Identity, Instrument, InstrumentError, Reading, Value
 from soclab.edge.instruments.ea_el3000 import telegram as tg
+from soclab.edge.instruments.ea_el3000.options import EaLoadOptions
+from soclab.edge.instruments.serial_port import (
+    EIGHTBITS,
+    PARITY_ODD,
+    SERIAL_ERRORS,
+    STOPBITS_ONE,
+    SerialFactory,
+    SerialPort,
+    open_serial,
+)
 
 log = logging.getLogger(__name__)
 
 BAUD = 57600
 READ_SLICE_S = 0.02  # one blocking serial read; the answer deadline is checked between reads
-
-
-class SerialPort(Protocol):
-    """What the driver uses of ``serial.Serial`` (tests substitute a transcript)."""
-
-    @property
-    def in_waiting(self) -> int: ...
-
-    def read(self, size: int = 1) -> bytes: ...
-
-    def write(self, data: bytes, /) -> int | None: ...
-
-    def close(self) -> None: ...
 
 
 class NoAnswer(InstrumentError):
@@ -58,52 +58,44 @@ class _Failed(Exception):
     """One attempt without a usable answer; the text says why."""
 
 
+@dataclass(frozen=True, slots=True)
+class Setpoints:
+    """The set values the load holds (objects 50, 51, 52), in V, A and W."""
+
+    voltage_v: float
+    current_a: float
+    power_w: float
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Remote control and the DC input as the load reports them (object 54)."""
+
+    remote: bool
+    input_on: bool
+
+
 class EaLoadDriver(Instrument):
     """EA EL 3000 A electronic load; see the module doc for what it sends and reports."""
 
     kind = "eload"
 
-    def __init__(
-        self,
-        port: str,
-        *,
-        node: int = 0,
-        cast: bool = True,
-        poll_hz: float = 2.0,
-        answer_timeout_s: float = 0.25,
-        retries: int = 2,
-        serial_factory: Callable[..., SerialPort] = serial.Serial,
-    ) -> None:
+    def __init__(self, options: EaLoadOptions, *, serial_factory: SerialFactory = open_serial) -> None:
         super().__init__()
-        if not 0 <= node <= 255:
-            raise ValueError(f"node must be 0..255, got {node}")
-        if not (math.isfinite(poll_hz) and 0 < poll_hz <= 20):
-            raise ValueError(f"poll_hz must be in (0, 20], got {poll_hz}")
-        if answer_timeout_s <= 0 or retries < 0:
-            raise ValueError("answer_timeout_s must be > 0 and retries >= 0")
-        self.port = port
-        self.node = node
-        self.cast = cast
-        self.poll_period_s = 1.0 / poll_hz
-        self.answer_timeout_s = answer_timeout_s
-        self.retries = retries
+        self.options = options
+        self.port = options.port
+        self.node = options.node
+        self.cast = options.cast
+        self.poll_period_s = 1.0 / options.poll_hz
+        self.answer_timeout_s = options.answer_timeout_s
+        self.retries = options.retries
         self._serial_factory = serial_factory
         self._ser: SerialPort | None = None
         self._lock = threading.RLock()  # one transaction on the wire at a time
-        self._identity: dict[str, str | float | int | bool | None] = {}
+        self._identity: Identity = {}
         self._nominal = (0.0, 0.0, 0.0)
         self._next_poll = 0.0
         self._failing: set[int] = set()  # objects whose last poll failed (log on change only)
-
-    @classmethod
-    def from_config(cls, table: Mapping[str, Any]) -> EaLoadDriver:
-        """From the publisher's ``[instrument]`` table: ``port`` and the keyword arguments above."""
-        options = dict(table)
-        if "port" not in options:
-            raise ValueError("[instrument] needs port (e.g. /dev/ttyUSB0)")
-        if "serial_factory" in options:
-            raise ValueError("[instrument] serial_factory is for tests, not a setting")
-        return cls(**options)
 
     # --- Instrument -----------------------------------------------------------------------------
     def _open(self) -> None:
@@ -112,13 +104,13 @@ class EaLoadDriver(Instrument):
                 self._ser = self._serial_factory(
                     self.port,
                     BAUD,
-                    bytesize=serial.EIGHTBITS,
-                    parity=serial.PARITY_ODD,
-                    stopbits=serial.STOPBITS_ONE,
+                    bytesize=EIGHTBITS,
+                    parity=PARITY_ODD,
+                    stopbits=STOPBITS_ONE,
                     timeout=READ_SLICE_S,
                     write_timeout=1.0,
                 )
-            except (serial.SerialException, OSError) as exc:
+            except SERIAL_ERRORS as exc:
                 raise ConnectionLost(f"cannot open {self.port}: {exc}") from exc
             try:
                 self._read_identity()
@@ -144,7 +136,7 @@ class EaLoadDriver(Instrument):
             if ser is not None:
                 try:
                     ser.close()
-                except (serial.SerialException, OSError) as exc:
+                except SERIAL_ERRORS as exc:
                     log.debug("instrument=eload event=close_failed error=%r", str(exc))
 
     def _read(self, timeout: float) -> list[Reading]:
@@ -158,12 +150,13 @@ class EaLoadDriver(Instrument):
         self._next_poll += self.poll_period_s
         now = time.monotonic()
         if self._next_poll < now:  # a slow cycle (retries): skip the missed slots, do not burst
-            self.health.counters["poll_overruns"] += 1
+            self.health.count("poll_overruns")
             self._next_poll = now + self.poll_period_s
         return [reading] if reading is not None else []
 
-    def identity(self) -> dict[str, str | float | int | bool | None]:
-        return dict(self._identity)
+    def identity(self) -> Identity:
+        with self._lock:
+            return dict(self._identity)
 
     # --- control --------------------------------------------------------------------------------
     def remote(self, on: bool) -> None:
@@ -177,14 +170,47 @@ class EaLoadDriver(Instrument):
         self._command(tg.send(tg.OBJ_CONTROL, bytes((tg.CONTROL_INPUT, value)), **self._addr()))
 
     def set_current(self, amps: float) -> None:
-        """Set the current the load sinks (0..nominal A); ValueError before anything is sent."""
-        nominal = self._nominal[1]
-        if nominal <= 0:
-            raise ConnectionLost("the load is not open: its nominal current is unknown")
-        if not (math.isfinite(amps) and 0.0 <= amps <= nominal):
-            raise ValueError(f"current must be within 0..{nominal:g} A, got {amps}")
-        word = tg.to_word(amps, nominal)
-        self._command(tg.send(tg.OBJ_SET_I, word.to_bytes(2, "big"), **self._addr()))
+        """Set the current the load sinks, 0..nominal A (object 51); ValueError before anything is sent."""
+        self._set_value(tg.OBJ_SET_I, amps, 1, "current", "A")
+
+    def set_voltage(self, volts: float) -> None:
+        """Set the voltage the load regulates its input to, 0..nominal V (object 50)."""
+        self._set_value(tg.OBJ_SET_U, volts, 0, "voltage", "V")
+
+    def set_power(self, watts: float) -> None:
+        """Set the power the load absorbs at most, 0..nominal W (object 52)."""
+        self._set_value(tg.OBJ_SET_P, watts, 2, "power", "W")
+
+    def read_setpoints(self) -> Setpoints:
+        """The set values U, I, P the load holds now."""
+        nominal = self._require_nominal()
+        u, i, p = (
+            tg.from_word(tg.decode_word(self._query(obj).data), nominal[k])
+            for k, obj in enumerate((tg.OBJ_SET_U, tg.OBJ_SET_I, tg.OBJ_SET_P))
+        )
+        return Setpoints(u, i, p)
+
+    def read_control(self) -> Control:
+        """Remote control and input as the load says: object 54 answers its mask and control byte."""
+        data = self._query(tg.OBJ_CONTROL).data
+        if len(data) != 2:
+            raise tg.TelegramError(f"object 54 needs 2 bytes (mask, state), got {data.hex(' ')}")
+        state = data[1]
+        return Control(remote=bool(state & tg.CONTROL_REMOTE), input_on=bool(state & tg.CONTROL_INPUT))
+
+    def _set_value(self, obj: int, value: float, which: int, name: str, unit: str) -> None:
+        nominal = self._require_nominal()[which]
+        if not (math.isfinite(value) and 0.0 <= value <= nominal):
+            raise ValueError(f"{name} must be within 0..{nominal:g} {unit}, got {value}")
+        word = tg.to_word(value, nominal)
+        self._command(tg.send(obj, word.to_bytes(2, "big"), **self._addr()))
+
+    def _require_nominal(self) -> tuple[float, float, float]:
+        with self._lock:
+            nominal = self._nominal
+        if nominal[0] <= 0:
+            raise ConnectionLost("the load is not open: its nominal values are unknown")
+        return nominal
 
     # --- polling --------------------------------------------------------------------------------
     def _poll(self) -> Reading | None:
@@ -216,18 +242,17 @@ class EaLoadDriver(Instrument):
         else:
             self._poll_ok(tg.OBJ_AH)
             values["ah"] = ah
-        self.health.gauges["consecutive_failed_polls"] = (
-            0.0 if values else (self.health.gauges.get("consecutive_failed_polls") or 0.0) + 1
-        )
+        failed_polls = 0.0 if values else (self.health.gauge("consecutive_failed_polls") or 0.0) + 1
+        self.health.set_gauge("consecutive_failed_polls", failed_polls)
         if t_ns is None or not values:
-            self.health.counters["polls_without_sample"] += 1
+            self.health.count("polls_without_sample")
             return None
         if missing:
-            self.health.counters["partial_samples"] += 1
+            self.health.count("partial_samples")
         return Reading(t_ns, values, tuple(f"missing:{name}" for name in missing))
 
     def _poll_failed(self, obj: int, exc: Exception) -> None:
-        self.health.counters["failed_polls"] += 1
+        self.health.count("failed_polls")
         self.health.last_error = f"object {obj}: {exc}"
         if obj not in self._failing:
             self._failing.add(obj)
@@ -272,7 +297,7 @@ class EaLoadDriver(Instrument):
 
     def _command(self, request: tg.Telegram) -> None:
         self._transact(request, tg.ERROR_OBJECT)
-        self.health.counters["commands"] += 1
+        self.health.count("commands")
         log.info("instrument=eload event=command object=%d data=%s", request.obj, request.data.hex())
 
     def _transact(self, request: tg.Telegram, expect_obj: int) -> tg.Telegram:
@@ -282,17 +307,17 @@ class EaLoadDriver(Instrument):
         with self._lock:
             for attempt in range(1 + self.retries):
                 if attempt:
-                    self.health.counters["retries"] += 1
+                    self.health.count("retries")
                 try:
                     return self._exchange(frame, request.obj, expect_obj)
                 except _Failed as exc:
                     reason = str(exc)
                 except tg.EaDeviceError as exc:
                     if exc.code not in tg.TRANSMISSION_ERRORS:
-                        self.health.counters["device_errors"] += 1
+                        self.health.count("device_errors")
                         self.health.last_error = f"object {request.obj}: {exc}"
                         raise
-                    self.health.counters["device_rejected_frames"] += 1
+                    self.health.count("device_rejected_frames")
                     reason = str(exc)
                 log.debug(
                     "instrument=eload event=attempt_failed object=%d attempt=%d why=%r",
@@ -306,11 +331,11 @@ class EaLoadDriver(Instrument):
         ser = self._ser
         if ser is None:
             raise ConnectionLost(f"{self.port} is not open")
-        counters = self.health.counters
+        count = self.health.count
         try:
             stray = ser.in_waiting
             if stray:  # e.g. a late answer to an earlier attempt: never take it for this one
-                counters["stray_bytes"] += len(ser.read(stray))
+                count("stray_bytes", len(ser.read(stray)))
             ser.write(frame)
             scanner = tg.FrameScanner(to_device=False)
             deadline = time.monotonic() + self.answer_timeout_s
@@ -320,8 +345,8 @@ class EaLoadDriver(Instrument):
                     scanner.feed(chunk)
                 while (answer := scanner.next()) is not None:
                     if scanner.skipped:
-                        counters["resyncs"] += 1
-                        counters["skipped_bytes"] += scanner.skipped
+                        count("resyncs")
+                        count("skipped_bytes", scanner.skipped)
                         scanner.skipped = 0
                     if answer.obj == tg.ERROR_OBJECT and answer.error_code is not None:
                         if answer.error_code == 0 and expect_obj == tg.ERROR_OBJECT:
@@ -330,18 +355,18 @@ class EaLoadDriver(Instrument):
                             raise tg.device_error(answer.error_code, f"object {obj}")
                     if answer.obj == expect_obj and expect_obj != tg.ERROR_OBJECT:
                         return answer
-                    counters["unexpected_answers"] += 1
+                    count("unexpected_answers")
                     log.debug("instrument=eload event=unexpected_answer object=%d got=%s", obj, answer)
                 if time.monotonic() >= deadline:
                     break
-        except (serial.SerialException, OSError) as exc:
+        except SERIAL_ERRORS as exc:
             raise ConnectionLost(f"{self.port}: {exc}") from exc
         residue = scanner.residue_kind()
         if residue == "checksum":
-            counters["checksum_errors"] += 1
+            count("checksum_errors")
             raise _Failed(f"garbled answer {scanner.pending.hex(' ')}")
         if residue == "short":
-            counters["short_answers"] += 1
+            count("short_answers")
             raise _Failed(f"short answer {scanner.pending.hex(' ')}")
-        counters["timeouts"] += 1
+        count("timeouts")
         raise _Failed(f"timeout after {self.answer_timeout_s:g} s")

@@ -6,6 +6,9 @@ direction (1 = PC to device), bits 3-0 the data length - 1. A query carries no d
 bits name the length of the object asked for, so a query is always 5 bytes long, while a send or
 an answer is ``6 + (SD & 0x0F)`` bytes. The checksum is the plain 16-bit sum of all bytes before it.
 
+EA's object list for the EL 3000 A / EL 9000 A (user manual, section 9.3.2) says that an object
+sent with a mask (54, control) answers a query with that mask and then its state byte.
+
 Facts taken from the captures rather than a manual (so a simulator reproduces them):
 answers come with DN 1 whatever DN the query had; error answers (object 0xFF) use SD 0xC0
 (type "send data", device to PC, one byte); string objects are queried with length bits 0.
@@ -168,7 +171,7 @@ OBJECTS: dict[int, EaObject] = {
         EaObject(51, "set_current", Format.WORD, 2, writable=True),
         EaObject(52, "set_power", Format.WORD, 2, writable=True),
         EaObject(53, "set_resistance", Format.WORD, 2, writable=True),
-        EaObject(54, "control", Format.CONTROL, 2, readable=False, writable=True),
+        EaObject(54, "control", Format.CONTROL, 2, writable=True),  # a query answers mask, state
         EaObject(69, "ah_counter", Format.FLOAT, 4),
         EaObject(70, "status", Format.STATUS, 2),
         EaObject(71, "actual_values", Format.ACTUAL, 6),

@@ -119,7 +119,8 @@ def load_backend(name: str) -> LJMBackend:
             raise LJMUnavailable(
                 "the LJM stand-in is development tooling (soclab-dev), not installed here"
             ) from exc
-        return ljm_standin  # type: ignore[no-any-return]
+        standin: LJMBackend = ljm_standin
+        return standin
     if name != "ljm":
         raise ValueError(f"unknown LabJack backend {name!r}; known: {', '.join(BACKENDS)}")
     said = io.StringIO()
@@ -133,7 +134,8 @@ def load_backend(name: str) -> LJMBackend:
     wrapper = sys.modules.get("labjack.ljm.ljm")
     if wrapper is not None and getattr(wrapper, "_staticLib", True) is None:
         raise LJMUnavailable(native_missing(said.getvalue().strip()))
-    return ljm  # type: ignore[return-value]
+    backend: LJMBackend = ljm
+    return backend
 
 
 def native_missing(detail: str = "") -> str:

@@ -20,6 +20,7 @@ The lab's old scripts stored the raw volts; ``Raw`` does that on purpose, under 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass
@@ -143,7 +144,12 @@ def calibration_from_config(kind: str, params: Mapping[str, Any]) -> Calibration
     cls = _KINDS.get(kind)
     if cls is None:
         raise ValueError(f"unknown calibration {kind!r}; known: {', '.join(_KINDS)}")
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ValueError(f"calibration {kind!r}: {exc}") from None
+    fields = dataclasses.fields(cls)
+    unknown = sorted(set(params) - {f.name for f in fields})
+    if unknown:
+        known = ", ".join(f.name for f in fields) or "none"
+        raise ValueError(f"calibration {kind!r} has no setting {unknown[0]!r}; its settings: {known}")
+    missing = [f.name for f in fields if f.name not in params and f.default is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"calibration {kind!r} needs {', '.join(missing)}")
+    return cls(**params)

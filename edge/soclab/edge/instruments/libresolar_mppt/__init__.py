@@ -1,30 +1,20 @@
-"""LibreSolar MPPT charge controllers over ThingSet text mode: codec, field names, driver, simulator.
+"""LibreSolar MPPT charge controllers over ThingSet text mode: codec, link, field names, driver.
 
-The simulator is not imported here, so the driver does not pull in the simulated lab.
+Its simulator is development tooling (``soclab.dev.sim.instruments.libresolar_mppt``).
 """
 
-from soclab.edge.instruments.libresolar_mppt.driver import (
-    BadRequest,
-    DialectUnknown,
-    Forbidden,
-    MpptDriver,
-    NoResponse,
-    NotFound,
-    ServerError,
-    ThingSetError,
-    Unauthorized,
-    UnexpectedResponse,
-)
+from soclab.edge.instruments.kinds import Field, Kind
+from soclab.edge.instruments.libresolar_mppt.fields import FIELDS
+from soclab.edge.instruments.libresolar_mppt.options import MpptOptions
 
-__all__ = [
-    "BadRequest",
-    "DialectUnknown",
-    "Forbidden",
-    "MpptDriver",
-    "NoResponse",
-    "NotFound",
-    "ServerError",
-    "ThingSetError",
-    "Unauthorized",
-    "UnexpectedResponse",
-]
+KIND = Kind(
+    name="mppt",
+    title="LibreSolar MPPT-1210-HUS charge controller",
+    options=MpptOptions,
+    driver="soclab.edge.instruments.libresolar_mppt.driver:MpptDriver",
+    fields=tuple(Field(f.name, f.unit, f.description) for f in FIELDS.values()),
+    headline=("bat_v", "bat_a", "soc_pct", "chg_state"),
+    transport="serial",
+    usb_ids=("0483:374b",),
+    simulator="soclab.dev.sim.instruments.libresolar_mppt:MpptSimulator",
+)

@@ -8,6 +8,10 @@ One line per message, ``\\n`` terminated (``\\r\\n`` accepted). What a host rece
   ``TS_VERBOSE_STATUS_MESSAGES=0`` just ``:85.``) or ``:85 [14.2]``, ``:84``, ``:A3 "why"`` (v0.6);
 - anything else (the Zephyr boot banner, ``printf`` output, half lines after a reconnect) is noise.
 
+A float item that is NaN comes out as ``nan`` (the device library's ``printf("%f")``; see the
+real-library transcripts in tests/data): not JSON, but a value that is missing. It decodes to
+``float("nan")``, as do ``inf``/``-inf``, and the driver leaves such a value out of its sample.
+
 v0.6 may append `` XXXXXXXX#`` to any line: the CRC-32 of the bytes before that space, in
 upper-case hex. The ThingSet Zephyr SDK computes it with Zephyr's ``crc32_ieee`` (reflected
 polynomial 0xEDB88320, init and final XOR 0xFFFFFFFF), which is ``zlib.crc32``; it is verified here.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -129,13 +134,28 @@ _RESP_RE = re.compile(r"^:(?P<status>[0-9A-Fa-f]{2})(?P<rest>.*)$", re.DOTALL)
 _WORDS_RE = re.compile(r"^(?P<words>[A-Za-z][A-Za-z -]*?)\.(?: (?P<json>.*))?$", re.DOTALL)
 
 
+# A JSON string (skipped), or what printf makes of a float that is not finite.
+_NON_FINITE = re.compile(r'"(?:[^"\\]|\\.)*"|(?<![\w.])(-?)(nan|inf)(?![\w.])')
+_CONSTANTS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _printf_constant(m: re.Match[str]) -> str:
+    if m.group(2) is None:  # a string: unchanged
+        return m.group(0)
+    if m.group(2) == "nan":
+        return "NaN"
+    return "-Infinity" if m.group(1) else "Infinity"
+
+
 def _loads(text: str) -> Any:
-    """Strict JSON: NaN and Infinity are not JSON (the firmware sends null instead)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """JSON as the device prints it: ``nan``/``inf`` (not JSON) become floats, ``NaN`` stays refused."""
+    if "nan" not in text and "inf" not in text:
+        return json.loads(text, parse_constant=_reject_constant)
+    return json.loads(_NON_FINITE.sub(_printf_constant, text), parse_constant=_CONSTANTS.__getitem__)
 
 
 def crc32(text: str) -> int:

@@ -19,6 +19,7 @@ soclab names are snake case and end in their unit (data.v1.json: ``^[a-z][a-z0-9
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,7 @@ FIELDS: dict[str, Field] = {
         Field("load_w", "W", 2, "load output power"),
         Field("mosfet_degc", "degC", 1, "DC/DC MOSFET temperature"),
         Field("bat_degc", "degC", 1, "battery temperature (external sensor or internal estimate)"),
+        Field("ambient_degc", "degC", 1, "ambient temperature (the firmware's estimate)"),
     )
 }
 
@@ -117,11 +119,13 @@ class Dialect:
         return tuple(i for i in self.items if i.published)
 
 
-# Roles of the settings the simulator acts on (and a driver may want by meaning).
+# Roles of the settings the driver and the simulator act on by meaning (a dialect's ``conf``; a
+# role it lacks is a setting that firmware generation does not have, or whose name is not known).
 _CONF_ROLES = (
     "capacity_ah",
     "charge_current_max_a",
     "charge_voltage_v",
+    "topping_cutoff_a",
     "load_enable_default",
     "load_disconnect_v",
     "load_reconnect_v",
@@ -180,6 +184,7 @@ meas Solar_A solar_a pub
 meas Solar_W solar_w
 meas Load_A load_a pub
 meas Load_W load_w
+meas Ambient_degC ambient_degc pub
 meas SOC_pct soc_pct pub
 state ChgState chg_state pub
 state DCDCState dcdc_state pub
@@ -290,6 +295,7 @@ DIALECTS: dict[str, Dialect] = {
                 "capacity_ah": ("conf", "BatNom_Ah"),
                 "charge_current_max_a": ("conf", "BatChgMax_A"),
                 "charge_voltage_v": ("conf", "Topping_V"),
+                "topping_cutoff_a": ("conf", "ToppingCutoff_A"),
                 "load_enable_default": ("conf", "LoadEnDefault"),
                 "load_disconnect_v": ("conf", "LoadDisconnect_V"),
                 "load_reconnect_v": ("conf", "LoadReconnect_V"),
@@ -367,6 +373,12 @@ class Mapped:
     values: dict[str, Value]
     unknown: tuple[str, ...]  # names soclab does not map
     non_numeric: tuple[str, ...]  # mapped names whose value was a string, null, list or object
+    invalid: tuple[str, ...] = ()  # soclab fields whose value was nan or inf (the device's "no value")
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """Flags for the sample: ``invalid:<field>`` for each value the device sent as nan/inf."""
+        return tuple(f"invalid:{name}" for name in self.invalid)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -386,11 +398,16 @@ def sample_value(value: Any) -> Value | None:
     return None
 
 
+def _finite(value: Value) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 def map_items(data: Mapping[str, Any], dialect: Dialect) -> Mapped:
     """Translate one publication (or group read) of ``dialect`` into soclab's field names."""
     values: dict[str, Value] = {}
     unknown: list[str] = []
     non_numeric: list[str] = []
+    invalid: list[str] = []
     for key, raw in flatten(data):
         name = dialect.keys.get(key)
         if name is None:
@@ -399,6 +416,8 @@ def map_items(data: Mapping[str, Any], dialect: Dialect) -> Mapped:
         value = sample_value(raw)
         if value is None:
             non_numeric.append(key)
+        elif not _finite(value):
+            invalid.append(name)
         else:
             values[name] = value
-    return Mapped(values, tuple(unknown), tuple(non_numeric))
+    return Mapped(values, tuple(unknown), tuple(non_numeric), tuple(invalid))
