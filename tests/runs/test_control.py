@@ -158,6 +158,7 @@ def test_while_a_run_holds_control_others_may_only_switch_off(
     assert on["outcome"] == "refused"
     assert "run/r-1 holds control of eload" in on["reason"]
     assert control.execute(command("input", {"on": False}, clock=clock, number=2))["outcome"] == "done"
+    assert control.lease is None, "switched off by someone else: the run's lease ends"
     assert control.execute(command("safe", clock=clock, number=3))["outcome"] == "done"
     mine = control.execute(command("set_current", {"a": 3.0}, clock=clock, issuer="run/r-1", number=4),
                            holder="run/r-1")  # fmt: skip

@@ -19,6 +19,11 @@ Threads, and what each one owns:
   ``Stored`` ...) to the sender's queue, and subscribe on connect.
 
 The instrument's health is read as a snapshot (``Health.snapshot``), never iterated live.
+
+With ``[control]`` the publisher also hosts its instrument's control (``soclab.edge.runs.hosting``:
+operators' commands on ``.../cmd``, the run controller's on a local socket, the safe state at
+every open): the host gets the ``cmd`` messages and every acquisition, and hands its results to
+the sender (``Outgoing``), which publishes them.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from soclab.edge.instruments.base import Instrument
 from soclab.edge.publisher.config import PublisherConfig
 from soclab.edge.publisher.ledger import Ledger, Row
 from soclab.edge.publisher.mqtt import make_client
+from soclab.edge.runs.hosting import ControlHost
 from soclab.edge.spool import Spool
 from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessage, decode, encode
 
@@ -77,7 +83,13 @@ class AcquisitionFailed:
     error: str
 
 
-Event = Connected | ConnectRefused | Disconnected | PubAck | Stored | AcquisitionFailed
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+
+
+Event = Connected | ConnectRefused | Disconnected | PubAck | Stored | AcquisitionFailed | Outgoing
 
 
 class Publisher:
@@ -105,6 +117,13 @@ class Publisher:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.control = (
+            None
+            if config.control is None
+            else ControlHost(
+                config.control, config.topic, instrument, lambda t, p: self._event(Outgoing(t, p))
+            )
+        )
 
     # --- paho callbacks (network thread): hand events to the sender, never block ----------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -112,6 +131,8 @@ class Publisher:
             self._event(ConnectRefused(str(reason)))
             return
         client.subscribe(self._stored_topic, qos=1)
+        if self.control is not None:
+            client.subscribe(self.control.cmd_topic, qos=1)
         self._connected.set()
         self._event(Connected(bool(flags.session_present)))
 
@@ -123,6 +144,9 @@ class Publisher:
         self._event(PubAck(mid))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self.control is not None and message.topic == self.control.cmd_topic:
+            self.control.mqtt_command(bytes(message.payload))
+            return
         self._event(Stored(bytes(message.payload)))
 
     def _event(self, event: Event) -> None:
@@ -135,6 +159,8 @@ class Publisher:
         m = self.config.mqtt
         self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
         self.client.loop_start()
+        if self.control is not None:
+            self.control.start()
         acquisition = threading.Thread(target=self._acquire, name="acquisition", daemon=True)
         acquisition.start()
         next_status = next_check = time.monotonic()
@@ -157,6 +183,8 @@ class Publisher:
         finally:
             self._stop.set()
             acquisition.join(timeout=5)
+            if self.control is not None:
+                self.control.stop()
             self._shutdown()
 
     def stop(self) -> None:
@@ -173,6 +201,8 @@ class Publisher:
         while not self._stop.is_set():
             try:
                 readings = self.instrument.read(timeout=0.5)
+                if self.control is not None:
+                    self.control.readings(readings)
                 if readings:
                     self.spool.append(readings)  # a full disk raises here: counted and logged below
                     self._wakeup.set()
@@ -184,6 +214,8 @@ class Publisher:
                 self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
                 continue
             failures = 0
+        if self.control is not None:
+            self.control.closing()
         self.instrument.close()
 
     def _handle_events(self) -> None:
@@ -217,6 +249,8 @@ class Publisher:
                         log.warning("event=disconnected reason=%s", reason)
                 case AcquisitionFailed():
                     self.counters["acquisition_errors"] += 1
+                case Outgoing(topic, payload):
+                    self.client.publish(topic, payload, qos=1)
 
     def _confirmation(self, payload: bytes) -> None:
         try:

@@ -12,11 +12,13 @@ is switched only by an explicit command.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from soclab.edge.instruments.base import Instrument
-from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver
-from soclab.edge.instruments.libresolar_mppt.driver import MpptDriver
+
+if TYPE_CHECKING:
+    from soclab.edge.instruments.ea_el3000.driver import EaLoadDriver
+    from soclab.edge.instruments.libresolar_mppt.driver import MpptDriver
 
 
 class Actuator(Protocol):
@@ -99,8 +101,8 @@ class MpptActuator:
 
 def actuator_for(instrument: Instrument) -> Actuator | None:
     """The actuator of an instrument, or None for one that takes no commands (the LabJack)."""
-    if isinstance(instrument, EaLoadDriver):
-        return EloadActuator(instrument)
-    if isinstance(instrument, MpptDriver):
-        return MpptActuator(instrument)
+    if instrument.kind == "eload":
+        return EloadActuator(cast("EaLoadDriver", instrument))
+    if instrument.kind == "mppt":
+        return MpptActuator(cast("MpptDriver", instrument))
     return None

@@ -17,7 +17,7 @@ commands from MQTT and the run controller's over the local socket. It guarantees
   refused, never executed; every command gets exactly one result: ``done``, ``refused`` with the
   reason, or ``failed`` with the instrument's error. While a lease is held only its holder may
   switch the instrument on or change set values; anyone may switch it off (``safe``, input off,
-  charging off), and the run then sees its instrument go safe and stops.
+  charging off), which ends the lease: the run sees it (event ``lease_end``) and stops.
 
 The class does no I/O of its own: the clock is injected and the actuator does the wire. Its
 methods are called from several threads (MQTT, the socket, the acquisition loop): one lock.
@@ -99,9 +99,9 @@ class InstrumentControl:
         """Call often (every 0.1 s): a lease not renewed in time makes the instrument safe."""
         with self._lock:
             if self.lease is not None and self._clock() > self.lease.expires:
-                holder = self.lease.holder
+                holder, ttl = self.lease.holder, self.lease.ttl_s
                 self._end_lease(f"lease of {holder} expired")
-                self.make_safe(f"lease of {holder} expired (not renewed within {self.lease_ttl(holder)} s)")
+                self.make_safe(f"lease of {holder} expired (not renewed within {ttl:g} s)")
 
     def reading(self, values: Mapping[str, Any]) -> None:
         """The instrument's own reading: judged against the lease's guard limits."""
@@ -149,9 +149,6 @@ class InstrumentControl:
                 self._end_lease(f"{holder} disconnected")
                 self.make_safe(f"{holder} disconnected while holding control")
 
-    def lease_ttl(self, holder: str) -> float:
-        return self.lease.ttl_s if self.lease is not None and self.lease.holder == holder else 0.0
-
     def _end_lease(self, why: str) -> None:
         if self.lease is not None:
             log.warning("device=%s event=lease_end holder=%s why=%r", self.device, self.lease.holder, why)
@@ -175,6 +172,9 @@ class InstrumentControl:
                         self.actuator.apply(command["command"], command.get("args", {}))
                 except Exception as exc:  # the instrument's error becomes the result, never a crash
                     outcome, reason = "failed", f"{type(exc).__name__}: {exc}"
+            if outcome == "done" and self.lease is not None and holder != self.lease.holder:
+                # Someone else switched it off (all _decide lets through): the run cannot go on.
+                self._end_lease(f"{command['command']} by {command['issuer']} (command {command['id']})")
             log.info("device=%s event=command id=%s command=%s issuer=%s outcome=%s reason=%r", self.device,
                      command["id"], command["command"], command["issuer"], outcome, reason)  # fmt: skip
             return self.result(command, outcome, reason)
