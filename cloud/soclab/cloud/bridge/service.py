@@ -20,6 +20,10 @@ as a ``soclab_status`` point, and adds to every write one ``soclab_bridge`` poin
 Should InfluxDB refuse a write that carries telemetry, the same messages are written again
 without it before any of them is taken for a bad one.
 
+Runs. The bridge also stores the run controllers' journals (``.../run/journal``, confirmed on
+``.../run/stored`` like data), every command result (``.../cmd/result``) and the run status
+(``runs`` documents the points).
+
 Memory. The broker sends a client at most ``max_inflight_messages`` unacknowledged messages
 (Mosquitto's setting, 20 by default: raise it, ``localservices.mosquitto`` uses 1000), so during a
 database outage the bridge holds at most that many; the rest wait in the broker's queue for the
@@ -61,6 +65,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from soclab.cloud.bridge import runs
 from soclab.cloud.bridge.config import BridgeConfig
 from soclab.cloud.bridge.intake import Intake, Rejected, dead_letter, merge_ranges
 from soclab.cloud.bridge.sink import InfluxSink, WriteFailed, WriteRejected
@@ -146,6 +151,7 @@ class Bridge:
         self.config = config.check()
         self.subscription = Topic.subscription("data", config.site)
         self.status_subscription = Topic.subscription("status", config.site)
+        self.run_subscriptions = [Topic.subscription(kind, config.site) for kind in runs.KINDS]
         self.status_topic = f"soclab-bridge/{config.id}/status"
         self.fallback_deadletter_topic = f"soclab-bridge/{config.id}/deadletter"
         self.consumer = f"soclab-bridge/{config.id}"
@@ -269,7 +275,8 @@ class Bridge:
             self._generation += 1
             self._connected = True
         log.info("event=connected session_present=%s", flags.session_present)
-        client.subscribe([(self.subscription, 1), (self.status_subscription, 1)])
+        topics = [self.subscription, self.status_subscription, *self.run_subscriptions]
+        client.subscribe([(topic, 1) for topic in topics])
         client.publish(self.status_topic, self._status_payload("online"), 1, True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -360,7 +367,9 @@ class Bridge:
             return None
         self._ledger.append(entry)
         try:
-            if received.topic.endswith("/status"):
+            if runs.is_run_topic(received.topic):  # the run journal, command results, run status
+                lines, entry.ranges = runs.lines(received.topic, received.payload)
+            elif received.topic.endswith("/status"):
                 lines = status_lines(received.topic, received.payload)
             else:
                 lines, entry.ranges = self._intake.accept(received.topic, received.payload)
