@@ -10,6 +10,10 @@ from collections.abc import Callable
 # command -> (module with ``main(argv) -> int``, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("soclab.tools.replay", "publish a recorded session (Grafana CSV) through the pipeline"),
+    "run": (
+        "soclab.tools.runs.cli",
+        "runs on a node: check, start, status, stop; cmd: one instrument command",
+    ),
     "watch": ("soclab.tools.watch.cli", "live monitor: devices, bridges, alerts (--json, --status)"),
 }
 
