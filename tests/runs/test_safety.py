@@ -30,11 +30,16 @@ The safe state, case by case (what the README's "Runs" says):
 
 from __future__ import annotations
 
+import json
+import queue
 import time
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from rig import Rig
+
+from soclab.tools.runs.cli import command_message
 
 pytestmark = pytest.mark.slow
 
@@ -211,3 +216,37 @@ def test_the_pi_reboots_mid_run(rig: Rig, run_report: list[str]) -> None:
     assert [e["event"] for e in events] == ["start", "step", "stop", "safe"]
     assert "not resumed" in events[2]["reason"]
     report(run_report, rig, "the Pi rebooting mid-run (stopped, not resumed)", seconds, "(from the boot)")
+
+
+def test_a_command_queued_through_an_outage_is_refused_when_it_arrives_and_the_load_stays_off(
+    rig: Rig,
+) -> None:
+    """The e-load's publisher is away (killed); an operator's "input on" waits for it at the broker
+    (its session is persistent) and arrives after its expiry: refused, nothing switches."""
+    for name, args in (("remote", {"on": True}), ("set_current", {"a": 1.5})):
+        assert rig.command("eload", name, args)["outcome"] == "done"
+    rig.kill("eload")
+    late = command_message((rig.site, rig.node, "eload"), "input", {"on": True}, issuer="operator/test",
+                           expires_s=1.0)  # fmt: skip
+    results: queue.Queue[dict[str, Any]] = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: results.put(json.loads(m.payload))
+    client.connect(rig.broker.host, rig.broker.port)
+    client.loop_start()
+    try:
+        client.subscribe(f"soclab/{rig.site}/{rig.node}/eload/cmd/result", qos=1)
+        client.publish(f"soclab/{rig.site}/{rig.node}/eload/cmd", json.dumps(late), qos=1).wait_for_publish(5)
+        time.sleep(1.5)  # the outage outlasts the command's expiry
+        rig.restart("eload")
+        result = results.get(timeout=20)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert result["id"] == late["id"]
+    assert result["outcome"] == "refused"
+    assert result["reason"].startswith("expired")
+    assert rig.watch is not None
+    later = time.monotonic() + 1.0
+    while time.monotonic() < later:
+        assert rig.watch.now().safe, "the load switched on"
+        time.sleep(0.05)
