@@ -35,7 +35,8 @@ setup: system $(VENV)/.installed
 # (not started as services here; soclab starts its own instances on free ports), what `python3
 # -m venv` needs, openssl (the broker's CA script), debootstrap (the Ansible tests converge the
 # roles on a Debian root they build), mosquitto-clients, jq and tmux (the tests of `soclab
-# watch` and of the README's recipes).
+# watch` and of the README's recipes) and chromium (the analysis tests render the run report to
+# a PNG, headless).
 system:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -47,6 +48,7 @@ system:
 	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \

@@ -9,7 +9,9 @@ The database is filled through the whole pipeline, once for the module:
   temperatures the MPPT driver asks for beside its publication, the e-load's current, the
   publishers' status) from the simulated lab of ``make lab`` (MPPT and electronic load, node
   ``pi-sim``) running for a few seconds through the same broker and bridge;
-- one invalid message, for the dead-letter panel.
+- one invalid message, for the dead-letter panel;
+- the reference SoC of the recording (``soclab analyse --write``: measurement ``soc_reference``),
+  read back from the same database through the v2 shim's ``/query``.
 
 Each query is rendered as Grafana renders it (``grafana_macros``) for the recording's time range
 and for the live run's, and must return series with exactly the expected value columns and values
@@ -36,6 +38,7 @@ from soclab.dev.lab.cli import LabSettings, run_lab
 from soclab.dev.localservices import InfluxDB1, Mosquitto, V2WriteShim
 from soclab.edge.instruments.libresolar_mppt.fields import FIELDS
 from soclab.tools import replay
+from soclab.tools.analysis import analyse_command
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "cloud" / "soclab" / "cloud" / "grafana"
@@ -53,7 +56,8 @@ EXPECTED: dict[tuple[str, str, str], tuple[set[str], str]] = {
     ("lab-overview.json", "Battery current: all three instruments", "A"): ({"bat_a"}, REC),
     ("lab-overview.json", "Battery current: all three instruments", "B"): ({"bat_a"}, REC),
     ("lab-overview.json", "Battery current: all three instruments", "C"): ({"bat_a"}, SIM),
-    ("lab-overview.json", "MPPT state of charge", "A"): ({"soc_pct"}, SIM),
+    ("lab-overview.json", "State of charge: MPPT and reference", "A"): ({"soc_pct"}, SIM),
+    ("lab-overview.json", "State of charge: MPPT and reference", "B"): ({"soc_pct"}, REC),
     ("lab-overview.json", "Load output and charger state", "A"): ({"load_info"}, SIM),
     ("lab-overview.json", "Load output and charger state", "B"): ({"chg_state"}, SIM),
     ("lab-overview.json", "Charge counters (Ah)", "A"): ({"ah"}, SIM),
@@ -140,6 +144,13 @@ def filled(
             for name in TEMPERATURES:
                 wait_for(filled, f"SELECT count({name}) FROM mppt WHERE node = 'pi-sim'", 1)
             wait_for(filled, "SELECT sum(dead_letters) FROM soclab_bridge", 1)
+            span = [
+                min(s[0].t_ns for s in recording.samples.values()),
+                max(s[-1].t_ns for s in recording.samples.values()),
+            ]
+            when = ["--from", str(span[0] / 1e9), "--to", str(span[1] / 1e9)]
+            analysed = [*argv[1:5], *when, "--influx-url", shim.url, "--influx-bucket", db, "--write"]
+            assert analyse_command.main(analysed) == 0
         live_to = time.time_ns() // 1_000_000
         first = min(s[0].t_ns for s in recording.samples.values()) // 1_000_000
         last = max(s[-1].t_ns for s in recording.samples.values()) // 1_000_000

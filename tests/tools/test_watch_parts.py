@@ -8,20 +8,22 @@ import sys
 
 from watchkit import T0, bridge_status, data, status, topic
 
+from soclab.edge.instruments import KINDS
 from soclab.edge.instruments import kinds as registry_kinds
-from soclab.tools.watch.kinds import HEADLINE, headline, unit_of
+from soclab.tools.watch.kinds import headline, unit_of
 from soclab.tools.watch.model import Model, Thresholds
 from soclab.tools.watch.render import plain, render
 from soclab.tools.watch.sequence import SeqTracker
 
 
 def test_the_monitors_kinds_are_the_registrys():
-    assert set(HEADLINE) == set(registry_kinds())
+    assert all(headline(name) == KINDS[name].headline for name in registry_kinds())
     assert headline("mppt")[:2] == ("bat_v", "bat_a")
     assert headline("a-kind-from-the-future") == ("bat_v", "bat_a")
 
 
-def test_units_come_from_the_value_names():
+def test_units_come_from_the_registry_then_from_the_value_names():
+    assert all(unit_of(f.name, k.name) == (f.unit or "") for k in KINDS.values() for f in k.fields)
     names = ("bat_v", "bat_a", "soc_pct", "int_degc", "ah", "bat_usable_ah", "solar_in_day_wh", "power_w")
     units = ("V", "A", "%", "°C", "Ah", "Ah", "Wh", "W")
     assert [unit_of(n) for n in names] == list(units)

@@ -10,6 +10,12 @@ from collections.abc import Callable
 # command -> (module with ``main(argv) -> int``, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("soclab.tools.replay", "publish a recorded session (Grafana CSV) through the pipeline"),
+    "analyse": (
+        "soclab.tools.analysis.analyse_command",
+        "reference SoC, steps, cycles, instrument agreement of a run",
+    ),
+    "export": ("soclab.tools.analysis.export", "a run or time range as BDF CSV and Parquet"),
+    "report": ("soclab.tools.analysis.report", "a self-contained HTML (and PNG) report of a run"),
     "run": (
         "soclab.tools.runs.cli",
         "runs on a node: check, start, status, stop; cmd: one instrument command",

@@ -18,7 +18,10 @@ later ship the same translation natively, and the shim follows their conventions
   400 where InfluxDB 2 says 404 and 422; writers must treat 400 and 422 alike, as the bridge does);
 - 1.x unreachable: 503 ``{"code": "unavailable"}``, which writers treat as retryable;
 - ``GET /ping`` (and ``HEAD``), ``GET /health`` and ``GET /ready`` answer as InfluxDB 2 does,
-  so influxdb-client's ``ping()``/``health()``/``ready()`` work.
+  so influxdb-client's ``ping()``/``health()``/``ready()`` work;
+- ``/query`` (InfluxQL, GET or POST, the v1-compatible endpoint InfluxDB 2 serves through DBRP
+  mappings) is passed through with the same ``Token user:password`` translation, so readers
+  (``soclab analyse``) use one URL and production's request, as writers do.
 
 What it cannot show: InfluxDB 2's own behaviour (tokens, buckets, its limits). Run it as a thread
 (``V2WriteShim``, used by the tests) or as a process
@@ -125,6 +128,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         try:
             body = self._read_body()
+            if url.path == "/query":
+                self._query(url.query, body)
+                return
             if url.path != "/api/v2/write":
                 raise _RequestError(404, f"path {url.path} not found")
             self._write(parse_qs(url.query), body)
@@ -137,6 +143,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._ping()
         elif path == "/health":
             self._health()
+        elif path == "/query":
+            try:
+                self._query(urlsplit(self.path).query, None)
+            except _RequestError as exc:
+                self._send_json(
+                    exc.status, {"code": _CODES.get(exc.status, "invalid"), "message": exc.message}
+                )
         elif path == "/ready":
             up = time.time() - self.server.started
             started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.server.started))
@@ -185,6 +198,22 @@ class _Handler(BaseHTTPRequestHandler):
             error["message"],
         )
         self._send_json(response.status, error, passed)
+
+    def _query(self, query: str, body: bytes | None) -> None:
+        """InfluxQL passed through as it is (1.x answers in the v1 form InfluxDB 2 also uses)."""
+        headers = {}
+        credentials = self._credentials()
+        if credentials:
+            headers.update(urllib3.make_headers(basic_auth=credentials))
+        if body is not None:
+            headers["Content-Type"] = self.headers.get("Content-Type", "application/x-www-form-urlencoded")
+        method = "GET" if body is None else "POST"
+        response = self._upstream(method, f"/query?{query}" if query else "/query", body, headers)
+        if response is None:
+            return
+        passed = self._passed_headers(response)
+        passed["Content-Type"] = response.headers.get("Content-Type", "application/json")
+        self._send(response.status, response.data, passed)
 
     def _credentials(self) -> str | None:
         """``user:password`` from ``Authorization: Token user:password``, or None."""

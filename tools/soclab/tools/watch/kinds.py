@@ -3,24 +3,19 @@
 This is the monitor's only dependency on the instrument registry (``soclab.edge.instruments``),
 and it takes only the registry's metadata: the registry imports a driver only when asked for one,
 so neither pyserial nor LabJack's LJM is imported here (``tests/tools/test_watch_kinds.py``
-checks it). Until the registry carries each kind's headline fields, ``HEADLINE`` names them;
-a test ties its kinds to the registry's.
+checks it). The headline fields and units are the registry's (``Kind.headline``, ``Field.unit``).
 
-Units come from the wire contract itself: a value's name ends in its unit (``bat_v``, ``bat_a``,
+For a kind or a value the registry does not know (a newer device than this monitor), the unit
+comes from the wire contract itself: a value's name ends in its unit (``bat_v``, ``bat_a``,
 ``soc_pct``, ``int_degc``; ``schemas/soclab/wire/schema/data.v1.json``).
 """
 
 from __future__ import annotations
 
+from soclab.edge.instruments import KINDS
 from soclab.edge.instruments import kinds as registered_kinds
 
-# What a person looks at first, per kind, in this order; the other values follow.
-HEADLINE: dict[str, tuple[str, ...]] = {
-    "mppt": ("bat_v", "bat_a", "soc_pct", "chg_state"),
-    "eload": ("bat_v", "bat_a", "ah"),
-    "labjack": ("bat_v", "bat_a"),
-}
-DEFAULT_HEADLINE = ("bat_v", "bat_a")
+DEFAULT_HEADLINE = ("bat_v", "bat_a")  # for a kind the registry does not know
 
 # Name suffix -> unit, longest suffixes first where one ends another ("_wh" before "_h").
 _UNITS: tuple[tuple[str, str], ...] = (
@@ -47,11 +42,17 @@ def kinds() -> tuple[str, ...]:
 
 def headline(kind: str | None) -> tuple[str, ...]:
     """The values shown first for a device of this kind (a kind the monitor does not know: bat_v, bat_a)."""
-    return HEADLINE.get(kind or "", DEFAULT_HEADLINE)
+    known = KINDS.get(kind or "")
+    return known.headline if known is not None else DEFAULT_HEADLINE
 
 
-def unit_of(name: str) -> str:
-    """The unit a value's name ends in ("" for codes, counts and states, e.g. ``chg_state``)."""
+def unit_of(name: str, kind: str | None = None) -> str:
+    """The unit of value ``name`` ("" for codes, counts and states, e.g. ``chg_state``): the
+    registry's for a field of a known kind, else the one its name ends in."""
+    known = KINDS.get(kind or "")
+    field = known.field(name) if known is not None else None
+    if field is not None:
+        return field.unit or ""
     if name in _WHOLE_NAMES:
         return _WHOLE_NAMES[name]
     for suffix, unit in _UNITS:

@@ -249,14 +249,14 @@ def values_text(device: Device, headline_only: bool = True) -> str:
     names = [n for n in headline(device.kind) if n in values]
     if not headline_only:
         names += sorted(n for n in values if n not in names)
-    text = "  ".join(f"{name}\u00a0{_value(values[name])}{_unit(name)}" for name in names)
+    text = "  ".join(f"{name}\u00a0{_value(values[name])}{_unit(name, device.kind)}" for name in names)
     if device.last_flags:
         text += "  flags " + ",".join(device.last_flags)
     return text
 
 
-def _unit(name: str) -> str:
-    unit = unit_of(name)
+def _unit(name: str, kind: str | None) -> str:
+    unit = unit_of(name, kind)
     return f"\u00a0{unit}" if unit else ""
 
 
