@@ -12,18 +12,30 @@ while the broker is down). When it has ended, the database is read back:
 - the commands the run sent, step by step, are what each step needs, all done, and the
   operator's start command has its result;
 - the stored samples show it: the load's current while discharging, nothing while resting, the
-  charger's while charging, 14.4 V while holding; and no sample of any device is missing.
+  charger's while charging, 14.4 V while holding; and no sample of any device is missing;
+- the lab dashboard's annotations (``lab-overview.json``), rendered as Grafana renders them,
+  return the run's events from the real InfluxDB.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from rig import LAB, Rig
 
 from soclab.tools.runs.cli import main as soclab_run
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "server"))
+from grafana_macros import render  # the dashboard tests' rendering of Grafana's macros
+
+DASHBOARD = (
+    Path(__file__).parents[2] / "cloud" / "soclab" / "cloud" / "grafana" / "dashboards" / "lab-overview.json"
+)
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +96,7 @@ def test_two_cycles_complete_and_the_data_tells_the_same_story(
         check_end(step, change, reference)
         check_flow(step, change, reference)
     check_commands(rig, steps, events)
+    check_annotations(rig, events)
     stored = rig.wait_nothing_lost()
     run_report.append(
         f"whole run: two cycles on the simulated lab (40 mAh) in {took:.0f} s, 8 steps at their end "
@@ -160,3 +173,21 @@ def check_commands(rig: Rig, steps: list[dict[str, Any]], events: list[dict[str,
     answered = rig.rows(f"SELECT * FROM commands WHERE site = '{rig.site}' AND device = 'run'")
     assert [(c["command"], c["outcome"]) for c in answered] == [("start", "done")], answered
     assert answered[0]["issuer"].startswith("operator/")
+
+
+def check_annotations(rig: Rig, events: list[dict[str, Any]]) -> None:
+    """The dashboard's annotation queries, as Grafana sends them, find the run's events."""
+    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    found = {}
+    from_ms, to_ms = events[0]["time"] // 1_000_000 - 1000, events[-1]["time"] // 1_000_000 + 1000
+    for annotation in board["annotations"]["list"]:
+        target = annotation["target"]
+        query = render(
+            target["query"], from_ms=from_ms, to_ms=to_ms, variables={"site": rig.site}, low_limit=None
+        )
+        rows = rig.rows(query)
+        columns = {target["titleColumn"], target["textColumn"], *target["tagsColumn"].split(",")}
+        assert all(columns <= set(row) for row in rows), (annotation["name"], rows[:1])
+        found[annotation["name"]] = [(row["event"], row["description"]) for row in rows]
+    steps = [(e["event"], e["description"]) for e in events if e["event"] in ("start", "step", "end")]
+    assert found == {"Run steps": steps, "Run limits and stops": [("safe", events[-1]["description"])]}
