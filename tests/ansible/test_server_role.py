@@ -37,8 +37,10 @@ SERVER = "soclab-server"
 SITE = "lab3"
 EDGE = {"pi-03": ["mppt", "eload"], "pi-04.lab3.test": ["labjack"]}
 DEVICES = [f"{SITE}/{host.split('.')[0]}/{device}" for host, devices in EDGE.items() for device in devices]
+DEVICES.append(f"{SITE}/pi-03/run")  # the run controller of the node with a load and a charger
 SERVICES = ["soclab-bridge", "soclab-telegraf"]
-MONITORS = ["monitor/alice"]  # a read-only account (soclab watch), granted in the deployed ACL
+# A read-only account (soclab watch) and one that commands (soclab run), granted in the deployed ACL.
+MONITORS = ["monitor/alice", "operator/bob"]
 COMPOSE = "/opt/soclab/compose"
 STACK_SECRETS = {
     "influxdb_admin_password": "influx-admin-password-0123456789",
@@ -78,13 +80,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, pki) -> Iterator[Server]:
             # What the server deploys besides schemas/ and edge/ (ignored files of a developer's
             # checkout, such as compose/.env or compose/pki/, are left out as the role would).
             subprocess.run(["cp", "-a", str(REPO / name), str(sources / name)], check=True)
-        for monitor in MONITORS:  # as the lab does before deploying: the monitor's ACL block
-            grant = [
-                "sh",
-                str(sources / "compose/mosquitto/mqtt-user.sh"),
-                "acl-monitor",
-                monitor.split("/")[1],
-            ]
+        for monitor in MONITORS:  # as the lab does before deploying: the monitor's (operator's) ACL block
+            role, name = monitor.split("/")
+            grant = ["sh", str(sources / "compose/mosquitto/mqtt-user.sh"), f"acl-{role}", name]
             subprocess.run(grant, check=True, capture_output=True, timeout=30)
         accounts: dict[str, dict[str, str]] = {}
         for user in DEVICES + SERVICES + MONITORS:

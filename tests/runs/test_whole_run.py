@@ -14,11 +14,13 @@ while the broker is down). When it has ended, the database is read back:
 - the stored samples show it: the load's current while discharging, nothing while resting, the
   charger's while charging, 14.4 V while holding; and no sample of any device is missing;
 - the lab dashboard's annotations (``lab-overview.json``), rendered as Grafana renders them,
-  return the run's events from the real InfluxDB.
+  return the run's events from the real InfluxDB;
+- ``soclab export --run`` places every sample of the reference in its cycle and step (BDF).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -56,7 +58,7 @@ def rig(rig_factory: Any) -> Rig:
 
 
 def test_two_cycles_complete_and_the_data_tells_the_same_story(
-    rig: Rig, capsys: pytest.CaptureFixture[str], run_report: list[str]
+    rig: Rig, capsys: pytest.CaptureFixture[str], run_report: list[str], tmp_path: Path
 ) -> None:
     broker = ["--host", rig.broker.host, "--port", str(rig.broker.port), "--node", f"{rig.site}/{rig.node}"]
     started = time.monotonic()
@@ -97,6 +99,7 @@ def test_two_cycles_complete_and_the_data_tells_the_same_story(
         check_flow(step, change, reference)
     check_commands(rig, steps, events)
     check_annotations(rig, events)
+    check_export(rig, steps, events, tmp_path)
     stored = rig.wait_nothing_lost()
     run_report.append(
         f"whole run: two cycles on the simulated lab (40 mAh) in {took:.0f} s, 8 steps at their end "
@@ -191,3 +194,27 @@ def check_annotations(rig: Rig, events: list[dict[str, Any]]) -> None:
         found[annotation["name"]] = [(row["event"], row["description"]) for row in rows]
     steps = [(e["event"], e["description"]) for e in events if e["event"] in ("start", "step", "end")]
     assert found == {"Run steps": steps, "Run limits and stops": [("safe", events[-1]["description"])]}
+
+
+def check_export(rig: Rig, steps: list[dict[str, Any]], events: list[dict[str, Any]], folder: Path) -> None:
+    """The BDF export of the run: each sample's cycle and step counts are those of its step."""
+    from soclab.tools.analysis import export
+
+    where = ["--site", rig.site, "--node", rig.node, "--run", RUN]
+    database = ["--influx-url", rig.shim_url, "--influx-bucket", rig.db, "--out", str(folder)]
+    assert export.main([*where, *database]) == 0
+    (table,) = folder.glob("*.bdf.csv")
+    rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    bounds = [e["time"] / 1e9 for e in steps] + [events[9]["time"] / 1e9]
+    counted = 0
+    for row in rows:
+        t = float(row["Unix Time / s"])
+        inside = [n for n in range(8) if bounds[n] + 0.05 < t < bounds[n + 1] - 0.05]
+        if inside:
+            step = steps[inside[0]]
+            assert (int(row["Cycle Count / 1"]), int(row["Step Count / 1"])) == (
+                step["cycle"],
+                step["step"],
+            ), row
+            counted += 1
+    assert counted > 0.9 * len(rows), (counted, len(rows))
