@@ -15,8 +15,10 @@ The safe state, case by case (what the README's "Runs" says):
 - the operator's stop (``soclab run stop``, through the broker): the same;
 - the run controller killed (-9): its sockets close, each publisher makes its instrument safe at
   once; the controller started again (by systemd) records the run's end ("not resumed");
+- the run controller hung (SIGSTOP): its lease is not renewed, the publishers switch off when it
+  runs out;
 - the e-load's publisher killed (-9) with the load on: nothing can reach the load until its
-  publisher is back (systemd restarts it; here after 1 s, ``Restart=always RestartSec=1``), which
+  publisher is back (systemd restarts it; here after 1 s, ``Restart=on-failure``, ``RestartSec=1``), which
   switches it off as it opens the port; meanwhile the run controller has stopped the run and
   switched the charger off;
 - an instrument unplugged mid-step: the run stops at once (charger or load off, whichever is
@@ -31,7 +33,9 @@ The safe state, case by case (what the README's "Runs" says):
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import time
 from typing import Any
 
@@ -250,3 +254,34 @@ def test_a_command_queued_through_an_outage_is_refused_when_it_arrives_and_the_l
     while time.monotonic() < later:
         assert rig.watch.now().safe, "the load switched on"
         time.sleep(0.05)
+
+
+def test_the_run_controller_hung_its_lease_runs_out(rig: Rig, run_report: list[str]) -> None:
+    """A controller that stops answering (SIGSTOP: hung, not dead) keeps its sockets open: the
+    publishers switch off when its lease is not renewed within its ttl (3 s); woken again, it
+    finds its leases gone and stops the run."""
+    flowing(rig, "r-hung", DISCHARGE)
+    assert rig.watch is not None
+    stopped = time.monotonic()
+    os.kill(rig.children.pid("run"), signal.SIGSTOP)
+    try:
+        seconds = rig.watch.time_to_safe(stopped)
+    finally:
+        os.kill(rig.children.pid("run"), signal.SIGCONT)
+    events = rig.wait_for_event("r-hung", "safe")
+    stop = next(e for e in events if e["event"] == "stop")
+    assert "lease of run/r-hung expired" in stop["reason"], stop
+    # The lease was renewed up to ttl/3 before the stop: it runs out 2 to 3 s after it.
+    assert seconds > 1.9, "switched off before the lease ran out: by what?"
+    report(run_report, rig, "the run controller hung (SIGSTOP), its lease (3 s) runs out", seconds)
+
+
+def test_an_operator_may_only_switch_off_during_a_run_which_then_stops(rig: Rig) -> None:
+    flowing(rig, "r-override", DISCHARGE)
+    refused = rig.command("eload", "set_current", {"a": 5.0})
+    assert refused["outcome"] == "refused"
+    assert refused["reason"] == "run/r-override holds control of eload: only switching off is allowed"
+    assert rig.command("eload", "input", {"on": False})["outcome"] == "done"
+    events = rig.wait_for_event("r-override", "safe")
+    stop = next(e for e in events if e["event"] == "stop")
+    assert stop["reason"].startswith("eload: input by operator/test"), stop

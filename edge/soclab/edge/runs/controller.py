@@ -161,12 +161,12 @@ class RunController:
             tick = self.config.run.tick_s
             next_tick = time.monotonic()
             while not self._stop.is_set():
-                try:
-                    event = self._events.get(timeout=max(0.0, next_tick - time.monotonic()))
+                try:  # everything that happened is handled before the engine judges (tick)
+                    self._handle(self._events.get(timeout=max(0.0, next_tick - time.monotonic())))
+                    while True:
+                        self._handle(self._events.get_nowait())
                 except queue.Empty:
-                    event = None
-                if event is not None:
-                    self._handle(event)
+                    pass
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + tick
                     self._tick()
