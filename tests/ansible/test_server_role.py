@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -230,10 +231,14 @@ def test_the_copied_tree_is_the_checkouts_without_private_files(server: Server) 
     compose = server.path(COMPOSE)
     assert (compose / "compose.yaml").read_bytes() == (REPO / "compose/compose.yaml").read_bytes()
     deployed_acl = (compose / "mosquitto/config/acl").read_text()
-    assert deployed_acl.startswith((REPO / "compose/mosquitto/config/acl").read_text())  # + the monitors
-    assert [line for line in deployed_acl.splitlines() if line.startswith("user monitor/")] == [
-        f"user {m}" for m in MONITORS
+    granted = [
+        line for line in deployed_acl.splitlines() if line.startswith(("user monitor/", "user operator/"))
     ]
+    assert sorted(granted) == sorted(f"user {m}" for m in MONITORS)
+    committed = deployed_acl  # the checkout's ACL and the blocks mqtt-user.sh added, nothing else
+    for block in re.findall(r"^user (?:monitor|operator)/.*\n(?:topic .*\n)*\n", deployed_acl, re.MULTILINE):
+        committed = committed.replace(block, "", 1)
+    assert committed == (REPO / "compose/mosquitto/config/acl").read_text()
     assert (server.path("/opt/soclab/cloud/pyproject.toml")).exists()
     assert (server.path("/opt/soclab/requirements/constraints.txt")).exists()
     for folder in ("compose", "cloud", "schemas", "requirements"):
