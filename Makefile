@@ -7,7 +7,7 @@ APT_PACKAGES := mosquitto influxdb nats-server
 ARGS ?=
 PYTEST ?=
 
-.PHONY: lab test bench bench-ingest bench-drain bench-labjack lint setup system clean
+.PHONY: lab test bench bench-ingest bench-drain bench-labjack bench-fleet lint setup system clean
 
 lab: setup
 	$(PY) -m soclab.dev.lab $(ARGS)
@@ -15,7 +15,7 @@ lab: setup
 test: setup
 	$(PY) -m pytest $(PYTEST)
 
-bench: bench-ingest bench-drain bench-labjack
+bench: bench-ingest bench-drain bench-labjack bench-fleet
 
 bench-ingest: setup
 	$(PY) bench/ingest.py $(ARGS)
@@ -25,6 +25,9 @@ bench-drain: setup
 
 bench-labjack: setup
 	$(PY) bench/labjack_stream.py $(ARGS)
+
+bench-fleet: setup
+	$(PY) bench/fleet.py $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -16,9 +16,11 @@ from /proc (user + system time of each process over the measured window; 100 % =
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -108,6 +110,9 @@ def main() -> None:
             screen = monitor.screen() if monitor is not None else ""
             if monitor is not None:
                 monitor.close()
+        # Stopped: the publisher flushed, the bridge wrote. Every sequence number from 0 on must
+        # be stored once, or still be in the spool waiting for its confirmation.
+        once = loss_check(db, Path(tmp) / "var" / "spool" / "labjack.sqlite")
         watcher.loop_stop()
     scans = last.get("counters", {}).get("scans_read", 0) - first.get("counters", {}).get("scans_read", 0)
     scan_rate = scans / max(1e-9, (last.get("t_ns", 0) - first.get("t_ns", 0)) / 1e9)
@@ -121,8 +126,29 @@ def main() -> None:
     for name in pids:
         print(f"CPU {name:<10} {(cpu1[name] - cpu0[name]) / elapsed * 100:6.1f} % of one core")
     print(f"spool depth at the end: {gauges.get('spool_depth')}, processes failed: {failed or 'none'}")
+    print(once)
     if screen:
         print("soclab watch's last screen:\n" + screen.rstrip())
+
+
+def loss_check(db: InfluxDB1, spool: Path) -> str:
+    """Scans assigned, stored once, doubled, still spooled and lost, after the run."""
+    series = db.query("SELECT count(seq), count(distinct(seq)), max(seq) FROM labjack", db=DB)
+    _, total, distinct, last = series[0]["values"][0] if series else (0, 0, 0, -1)
+    with contextlib.closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as conn:
+        assigned = int(conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
+        spooled = {row[0] for row in conn.execute("SELECT seq FROM samples")}
+    overlap = 0  # spooled but already stored (the confirmation was on its way)
+    if spooled:
+        rows = db.query(
+            f"SELECT seq FROM labjack WHERE seq >= {min(spooled)} AND seq <= {max(spooled)}", db=DB
+        )
+        overlap = len(spooled & {int(v[1]) for r in rows for v in r["values"]})
+    lost = assigned - distinct - (len(spooled) - overlap)
+    return (
+        f"scans assigned {assigned}: stored once {distinct}, doubled {total - distinct}, "
+        f"waiting in the spool {len(spooled)}, lost {lost} (highest stored seq {last})"
+    )
 
 
 class Monitor:

@@ -47,7 +47,7 @@ role_lines() { # ROLE NAME: the topic lines of ROLE/NAME's block
     case "$1" in
         monitor) printf '%s\n' "topic read soclab/#" "topic read soclab-bridge/+/status" \
                      "topic read soclab-bridge/+/deadletter" "topic deny soclab/monitor/$2/#" ;;
-        operator) printf '%s\n' "topic write soclab/+/+/+/cmd" "topic read soclab/#" \
+        operator) printf '%s\n' "topic write soclab/+/+/+/cmd" "topic write soclab/+/+/+/replay" "topic read soclab/#" \
                       "topic read soclab-bridge/+/status" "topic read soclab-bridge/+/deadletter" \
                       "topic deny soclab/operator/$2/#" ;;
     esac

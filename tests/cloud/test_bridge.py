@@ -22,7 +22,7 @@ from soclab.cloud.bridge import BatchConfig, RetryConfig
 from soclab.dev.localservices import Mosquitto
 from soclab.wire import DEADLETTER_SCHEMA, Topic, encode, validate
 
-T0 = 1_700_000_000_000_000_000
+T0 = (time.time_ns() // 10**9 - 3600) * 10**9  # an hour ago: inside the bridge's live window
 WAIT_S = 15.0
 # Fixture types (defined in tests/conftest.py, which is not imported).
 InfluxTarget = Any

@@ -32,10 +32,17 @@ def test_environment_variables_override_the_file() -> None:
         "SOCLAB_BRIDGE_INFLUX_GZIP": "true",
         "SOCLAB_BRIDGE_BATCH_MS": "250",
         "SOCLAB_BRIDGE_MQTT_PASSWORD": "pw",
+        "SOCLAB_BRIDGE_INTAKE_MAX_PAYLOAD_BYTES": "1000000",
+        "SOCLAB_BRIDGE_INTAKE_PAST_S": "3600",
     }
     config = load(EXAMPLE, env=env)
     assert (config.site, config.mqtt.port, config.influx.gzip, config.batch.ms) == ("lab2", 1883, True, 250)
     assert config.mqtt.password == "pw"
+    assert (config.intake.max_payload_bytes, config.intake.past_s, config.intake.future_s) == (
+        1_000_000,
+        3600,
+        300,
+    )
 
 
 def test_secrets_come_from_files_named_in_the_config(tmp_path: Path) -> None:
@@ -62,9 +69,22 @@ INFLUX = '[influx]\nurl = "http://x:8086"\norg = "o"\nbucket = "b"\n'
         (INFLUX + '[mqtt]\nport = "1883"', TOKEN, "[mqtt] port must be int"),
         (INFLUX + "[bridge]\nsite = 'Lab 1'", TOKEN, "[bridge] site 'Lab 1' must be '+' or match"),
         (INFLUX + "[batch]\npoints = 0", TOKEN, "[batch] points must be positive"),
+        (INFLUX + "[intake]\nmax_spread_s = 0", TOKEN, "[intake] max_spread_s must be positive"),
+        (
+            INFLUX + "[mqtt]\nmax_pending_bytes = 1000",
+            TOKEN,
+            "max_pending_bytes must be at least [intake] max_payload_bytes",
+        ),
         (INFLUX + "[nope]", TOKEN, "unknown section(s) ['nope']"),
         (INFLUX + '[mqtt]\nusername = "u"\npassword_file = "/nonexistent"', TOKEN, "No such file"),
         (INFLUX + 'token_file = "/x"', TOKEN, "both set"),
+        (
+            INFLUX,
+            {**TOKEN, "SOCLAB_BRIDGE_SITTE": "lab1"},
+            "SOCLAB_BRIDGE_SITTE names no setting of the bridge",
+        ),
+        (INFLUX, {**TOKEN, "SOCLAB_BRIDGE_MQTT_HOTS": "x"}, "SOCLAB_BRIDGE_MQTT_HOTS"),
+        (INFLUX, {**TOKEN, "SOCLAB_BRIDGE_INTAKE_PAST_S": "soon"}, "SOCLAB_BRIDGE_INTAKE_PAST_S='soon'"),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:

@@ -41,16 +41,22 @@ def spooled(var: Path, device: str) -> set[int]:
         return {row[0] for row in db.execute("SELECT seq FROM samples")}
 
 
-def stored_seqs(query: Callable[[str], list[dict[str, Any]]], device: str) -> list[int]:
-    """Every stored sequence number of the device, duplicates included."""
+def stored_seqs(
+    query: Callable[[str], list[dict[str, Any]]], device: str, measurement: str = ""
+) -> list[int]:
+    """Every stored sequence number of the device, duplicates included (the measurement is the
+    device's kind; in the simulated lab, its name)."""
     seqs = []
-    for series in query(f"SELECT seq FROM {device} WHERE device = '{device}'"):
+    for series in query(f"SELECT seq FROM {measurement or device} WHERE device = '{device}'"):
         seqs.extend(int(v[1]) for v in series["values"])
     return seqs
 
 
-def stored_below(query: Callable[[str], list[dict[str, Any]]], device: str, limit: int) -> int:
-    series = query(f"SELECT count(seq) FROM {device} WHERE device = '{device}' AND seq < {limit}")
+def stored_below(
+    query: Callable[[str], list[dict[str, Any]]], device: str, limit: int, measurement: str = ""
+) -> int:
+    q = f"SELECT count(seq) FROM {measurement or device} WHERE device = '{device}' AND seq < {limit}"
+    series = query(q)
     return int(series[0]["values"][0][1]) if series else 0
 
 
@@ -59,26 +65,30 @@ def wait_stored(
     targets: dict[str, int],
     check_alive: Callable[[], None],
     limit_s: float,
+    measurement: str = "",
 ) -> float:
     """Seconds until samples 0..n-1 of each device are stored; fail after ``limit_s``."""
     start = time.monotonic()
-    while any(stored_below(query, d, n) < n for d, n in targets.items()):
+    while any(stored_below(query, d, n, measurement) < n for d, n in targets.items()):
         check_alive()
         if time.monotonic() - start > limit_s:
-            missing = {d: n - stored_below(query, d, n) for d, n in targets.items()}
+            missing = {d: n - stored_below(query, d, n, measurement) for d, n in targets.items()}
             pytest.fail(f"not caught up after {limit_s} s: missing {missing}")
         time.sleep(0.25)
     return time.monotonic() - start
 
 
 def check_once(
-    query: Callable[[str], list[dict[str, Any]]], var: Path, devices: Iterable[str] = DEVICES
+    query: Callable[[str], list[dict[str, Any]]],
+    var: Path,
+    devices: Iterable[str] = DEVICES,
+    measurement: str = "",
 ) -> dict[str, int]:
     """Assert every assigned sample is stored exactly once or still spooled; return stored counts."""
     counts = {}
     for device in devices:
         n = assigned(var, device)
-        seqs = stored_seqs(query, device)
+        seqs = stored_seqs(query, device, measurement)
         doubled = [seq for seq, c in Counter(seqs).items() if c > 1]
         assert not doubled, f"{device}: stored twice: {doubled[:10]}"
         missing = set(range(n)) - set(seqs) - spooled(var, device)

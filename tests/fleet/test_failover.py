@@ -11,6 +11,7 @@ import pytest
 
 from soclab.dev.localservices import Mosquitto, free_ports
 from soclab.edge.publisher import config as publisher_config
+from soclab.tools import connection
 from soclab.wire.mqtt import FailoverClient, MqttSettings, make_client
 from soclab.wire.settings import ConfigError
 
@@ -96,3 +97,20 @@ def test_without_failover_a_client_stays_on_its_one_broker() -> None:
             client.reconnect()
         assert client.port == dead
     assert isinstance(client, mqtt.Client)
+
+
+def test_a_command_line_tool_connects_to_the_first_broker_that_answers(own_mosquitto: Mosquitto) -> None:
+    dead = free_ports(2)
+    settings = MqttSettings(
+        host="127.0.0.1",
+        port=dead[0],
+        failover=f"{own_mosquitto.host}:{own_mosquitto.port},127.0.0.1:{dead[1]}",
+    )
+    client = connection.connect(settings, "failover-test")
+    try:
+        assert client.port == own_mosquitto.port
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{dead[0]}: .*; 127.0.0.1:{dead[1]}: "):
+        connection.connect(MqttSettings(host="127.0.0.1", port=dead[0], failover=f"127.0.0.1:{dead[1]}"), "x")

@@ -1,6 +1,7 @@
 """The fast validator (fastjsonschema), whose verdict ``soclab.wire.validate`` follows, judges as
 the reference (jsonschema) does, but for jsonschema's Python-regex quirk: a pattern's ``$``
-matching before a trailing newline."""
+matching before a trailing newline. The typed decoder (``soclab.wire.typed``) is never more
+lenient than either. Reasons say why, in bounded time."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import pytest
 from jsonschema import Draft202012Validator
 
-from soclab.wire import DATA_SCHEMA, InvalidMessage, validate
+from soclab.wire import DATA_SCHEMA, InvalidMessage, decode, messages, validate
 from soclab.wire.messages import is_valid_fast, schema_document
+from soclab.wire.typed import NotFast, decode_data, from_valid
 
 T0 = 1_700_000_000_000_000_000
 EXAMPLES = Path(__file__).parents[2] / "schemas/examples"
@@ -146,3 +150,124 @@ def test_the_fast_validator_agrees_with_jsonschema_on_valid_and_mutated_messages
                 assert quick(mutated)
     assert checked > 1000
     assert 0 < quirks < checked / 20
+
+
+# --- the typed decoder (soclab.wire.typed), which the bridge uses for data messages -----------
+
+
+def typed_says(payload: bytes) -> bool:
+    try:
+        decode_data(payload)
+    except NotFast:
+        return False
+    return True
+
+
+def reference_says(payload: bytes) -> bool:
+    """The verdict of the reference path (``decode``: the fast validator, held to jsonschema above)."""
+    try:
+        message = json.loads(payload, parse_constant=lambda name: float("nan"))
+    except ValueError:
+        return False
+    return not has_nan(message) and quick(message)
+
+
+def has_nan(node: Any) -> bool:
+    if isinstance(node, float):
+        return node != node
+    if isinstance(node, dict):
+        return any(has_nan(v) for v in node.values())
+    return isinstance(node, list) and any(has_nan(v) for v in node)
+
+
+def test_the_typed_decoder_never_accepts_what_the_schema_refuses_and_its_strictness_is_covered() -> None:
+    """Its verdict on valid and mutated messages: the reference's, or stricter in known ways that
+    the reference path then handles (an integer written as 1.0, a number beyond a double)."""
+    rng = random.Random(2)
+    checked = stricter = 0
+    for message in valid_messages():
+        for mutated in [message, *mutations(message, rng)]:
+            payload = json.dumps(mutated).encode()
+            typed, reference = typed_says(payload), reference_says(payload)
+            checked += 1
+            if typed:
+                assert reference, f"the typed decoder accepted what the schema refuses: {mutated}"
+                expected = json.loads(payload)
+                got = msgspec.to_builtins(decode_data(payload))
+                for sample in expected["samples"]:
+                    sample["values"] = {
+                        k: v if isinstance(v, bool) else float(v) for k, v in sample["values"].items()
+                    }
+                    sample.setdefault("flags", [])
+                assert got == expected
+            elif reference:
+                stricter += 1
+                assert from_valid(json.loads(payload)) is not None, (
+                    f"the reference path cannot carry {mutated}"
+                )
+    assert checked > 1000
+    assert stricter < checked / 50
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        json.dumps(valid_messages()[-1]).encode("utf-16"),
+        b"\xef\xbb\xbf" + json.dumps(valid_messages()[-1]).encode(),
+        json.dumps(valid_messages()[-1]).encode("utf-32"),
+    ],
+)
+def test_only_utf8_without_a_byte_order_mark_is_json_here(payload: bytes) -> None:
+    assert not typed_says(payload)
+    with pytest.raises(InvalidMessage, match=r"^not JSON: "):
+        decode(payload, DATA_SCHEMA)
+
+
+def test_a_reason_keeps_what_was_wrong_after_a_long_value() -> None:
+    message = valid_messages()[-1]
+    message["samples"][0]["flags"] = ["x" * 700_000]
+    with pytest.raises(InvalidMessage) as refused:
+        validate(message)
+    assert refused.value.reason.startswith("soclab.data/1 invalid at samples/0/flags/0: 'xxxxx")
+    assert refused.value.reason.endswith("does not match '^[a-z][a-z0-9_:.-]{0,63}$'")
+    assert len(refused.value.reason) < 400
+
+
+def test_the_reason_for_a_bad_last_sample_is_found_without_walking_the_whole_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = valid_messages()[-2]
+    message["samples"] = [{**message["samples"][0], "seq": i, "t_ns": T0 + i} for i in range(20_000)]
+    message["samples"][-1]["seq"] = -1
+    judged: list[int] = []
+    reference = messages._validator(DATA_SCHEMA)
+
+    class Counting:
+        def iter_errors(self, m: dict[str, Any]) -> Any:
+            judged.append(len(m["samples"]))
+            return reference.iter_errors(m)
+
+    monkeypatch.setattr(messages, "_validator", lambda name: Counting())
+    with pytest.raises(InvalidMessage) as refused:
+        validate(message)
+    assert (
+        refused.value.reason == "soclab.data/1 invalid at samples/19999/seq: -1 is less than the minimum of 0"
+    )
+    assert judged == [1]  # the reference judged one sample, not 20,000
+
+
+def test_an_integer_beyond_what_python_reads_is_an_invalid_message_not_a_crash() -> None:
+    payload = b'{"schema": "soclab.stored/1", "consumer": "x", "t_ns": ' + b"9" * 5000 + b"}"
+    with pytest.raises(InvalidMessage, match="not JSON this side can read"):
+        decode(payload)
+
+
+def test_values_and_flags_per_sample_are_bounded() -> None:
+    message = valid_messages()[-2]
+    message["samples"][0]["values"] = {f"v{i}": 1.0 for i in range(2000)}
+    assert not reference_says(json.dumps(message).encode())
+    assert not typed_says(json.dumps(message).encode())
+    message = valid_messages()[-2]
+    message["samples"][0]["flags"] = [f"f{i}" for i in range(1000)]
+    assert not reference_says(json.dumps(message).encode())
+    assert not typed_says(json.dumps(message).encode())

@@ -99,9 +99,10 @@ def test_mqtt_user_sh_grants_an_operator_once_below_the_acls_operators_line(tmp_
     assert "must be" in bad.stderr
     text = (tmp_path / "mosquitto" / "config" / "acl").read_text(encoding="utf-8")
     assert text.count("user operator/alice\n") == 1
-    assert text.split("# operators:\n", 1)[1].splitlines()[:6] == [
+    assert text.split("# operators:\n", 1)[1].splitlines()[:7] == [
         "user operator/alice",
         "topic write soclab/+/+/+/cmd",
+        "topic write soclab/+/+/+/replay",
         "topic read soclab/#",
         "topic read soclab-bridge/+/status",
         "topic read soclab-bridge/+/deadletter",
@@ -165,3 +166,14 @@ def test_the_bridge_cannot_command(connect: Callable[[str], TlsClient]) -> None:
     assert first is not None
     assert first.payload == b"from the operator"
     assert eload.received(QUIET_S) is None
+
+
+def test_an_operator_replays_recorded_data_a_device_cannot(connect: Callable[[str], TlsClient]) -> None:
+    operator, mppt, bridge = connect(OPERATOR), connect(MPPT), connect(BRIDGE)
+    assert not bridge.subscribe("soclab/+/+/+/replay").is_failure
+    mppt.publish(f"soclab/{MPPT}/replay", b"from the device")
+    operator.publish(f"soclab/{MPPT}/replay", b"from the operator")
+    first = bridge.received()
+    assert first is not None
+    assert first.payload == b"from the operator"
+    assert bridge.received(QUIET_S) is None

@@ -60,7 +60,7 @@ def test_messages_are_valid_in_time_order_with_consecutive_seq_per_device() -> N
     for topic, message in items:
         validate(message, "soclab.data/1")
         device = message["source"]["device"]
-        assert topic == f"soclab/lab1/pi-01/{device}/data"
+        assert topic == f"soclab/lab1/pi-01/{device}/replay"
         assert len(message["samples"]) <= 7
         assert message["samples"][-1]["t_ns"] >= last_t  # the devices interleaved as in a live lab
         last_t = message["samples"][-1]["t_ns"]
@@ -89,7 +89,7 @@ def test_the_command_publishes_every_sample_through_a_broker(
         "1622238915000,12.9,-1.01,-1.03,,12.85",
         "1622238916000,,,,12.84,",
     )
-    collector = mqtt_collector(mosquitto, f"soclab/{site}/+/+/data")
+    collector = mqtt_collector(mosquitto, f"soclab/{site}/+/+/replay")
     argv = [
         str(path),
         "--site",

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 from soclab.cloud.bridge.intake import Rejected
-from soclab.cloud.bridge.points import line_protocol
 from soclab.cloud.bridge.sink import InfluxSink
-from soclab.cloud.bridge.telemetry import Telemetry, status_lines
+from soclab.cloud.bridge.telemetry import Delivered, Telemetry, device_of, status_lines
 
 InfluxTarget = Any  # tests/conftest.py
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples" / "valid"
@@ -25,14 +24,6 @@ def example(name: str) -> dict[str, Any]:
 
 def payload(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode()
-
-
-def data_body(device: str, *t_ns: int) -> bytes:
-    source = {"site": "lab1", "node": "pi-01", "device": device, "kind": "mppt"}
-    samples = [{"seq": i, "t_ns": t, "values": {"bat_v": 12.5}} for i, t in enumerate(t_ns)]
-    return "\n".join(
-        line_protocol({"schema": "soclab.data/1", "source": source, "samples": samples})
-    ).encode()
 
 
 def test_a_status_becomes_one_point_with_counters_as_integers_and_gauges_as_floats() -> None:
@@ -83,56 +74,60 @@ def test_a_gauge_beyond_a_float_is_rejected() -> None:
         status_lines("soclab/lab1/pi-01/eload/status", text)
 
 
-def test_a_batch_gives_each_device_its_counts_and_lags() -> None:
-    telemetry = Telemetry("b1")
-    now = T0 + 10_000_000_000
-    batch = telemetry.batch(
-        [
-            ("soclab/lab1/pi-01/mppt/data", data_body("mppt", T0, T0 + 1_000_000_000), T0 + 2_000_000_000),
-            ("soclab/lab1/pi-01/mppt/data", data_body("mppt", T0 + 3_000_000_000), T0 + 3_500_000_000),
-            ("soclab/lab1/pi-01/eload/data", data_body("eload", T0), T0 + 250_000_000),
-            ("soclab/lab1/pi-01/eload/status", b"soclab_status,device=eload x=1 1", T0),  # not data
-        ],
-        now,
+def delivered(device: str, samples: int, lag_min_s: float, lag_max_s: float, lag_sum_s: float) -> Delivered:
+    ns = 10**9
+    return Delivered(
+        ("lab1", "pi-01", device),
+        samples,
+        False,
+        int(lag_min_s * ns),
+        int(lag_max_s * ns),
+        int(lag_sum_s * ns),
     )
-    assert batch.lines == [
-        "soclab_bridge,bridge=b1,device=eload,node=pi-01,site=lab1 "
-        f"dead_letters=0i,lag_max_s=0.25,lag_mean_s=0.25,lag_min_s=0.25,messages=1i,samples=1i {now}",
-        f"{MPPT} dead_letters=0i,lag_max_s=2,lag_mean_s=1.1666666666666667,lag_min_s=0.5,"
-        f"messages=2i,samples=3i {now}",
-    ]
 
 
-def test_dead_letters_wait_for_a_successful_write() -> None:
+def test_a_record_gives_each_device_its_counts_and_lags() -> None:
     telemetry = Telemetry("b1")
-    telemetry.dead_lettered("soclab/lab1/pi-01/mppt/data")
-    telemetry.dead_lettered("soclab/lab1/pi-01/mppt/data")
-    telemetry.dead_lettered("not/a/soclab/topic")
-    first = telemetry.batch([], T0)
-    assert first.lines == [
-        f"soclab_bridge,bridge=b1 dead_letters=1i,messages=0i,samples=0i {T0}",
-        f"{MPPT} dead_letters=2i,messages=0i,samples=0i {T0}",
+    telemetry.stored(delivered("mppt", 2, 1.0, 2.0, 3.0))
+    telemetry.stored(delivered("mppt", 1, 0.5, 0.5, 0.5))
+    telemetry.stored(delivered("eload", 1, 0.25, 0.25, 0.25))
+    telemetry.stored(Delivered(("lab1", "pi-01", "eload"), 7, True, 0, 0, 0))  # a replay: no lag
+    now = T0 + 10_000_000_000
+    assert telemetry.take(now) == [
+        b"soclab_bridge,bridge=b1,device=eload,node=pi-01,site=lab1 "
+        b"dead_letters=0i,lag_max_s=0.25,lag_mean_s=0.25,lag_min_s=0.25,messages=1i,replayed=7i,samples=1i "
+        + str(now).encode(),
+        f"{MPPT} dead_letters=0i,lag_max_s=2,lag_mean_s=1.1666666666666667,lag_min_s=0.5,"
+        f"messages=2i,samples=3i {now}".encode(),
     ]
-    telemetry.dead_lettered("soclab/lab1/pi-01/mppt/data")  # while the write is under way
-    assert telemetry.batch([], T0).lines == [
-        f"soclab_bridge,bridge=b1 dead_letters=1i,messages=0i,samples=0i {T0}",
-        f"{MPPT} dead_letters=3i,messages=0i,samples=0i {T0}",
-    ]  # a failed write: nothing is lost
-    telemetry.written(first)
-    assert telemetry.pending_dead_letters == 1
-    (line,) = telemetry.batch([], T0 + 1).lines
-    assert "device=mppt" in line
-    assert "dead_letters=1i" in line
+    assert not telemetry.pending
+    assert telemetry.take(now) == []
+
+
+def test_dead_letters_are_counted_once_and_records_never_share_a_time() -> None:
+    telemetry = Telemetry("b1")
+    telemetry.dead_lettered(device_of("soclab/lab1/pi-01/mppt/data"))
+    telemetry.dead_lettered(device_of("soclab/lab1/pi-01/mppt/data"))
+    telemetry.dead_lettered(device_of("not/a/soclab/topic"))
+    assert telemetry.take(T0) == [
+        f"soclab_bridge,bridge=b1 dead_letters=1i,messages=0i,samples=0i {T0}".encode(),
+        f"{MPPT} dead_letters=2i,messages=0i,samples=0i {T0}".encode(),
+    ]
+    telemetry.dead_lettered(device_of("soclab/lab1/pi-01/mppt/data"))
+    (line,) = telemetry.take(T0)  # the same clock reading: the next nanosecond, not the same point
+    assert line == f"{MPPT} dead_letters=1i,messages=0i,samples=0i {T0 + 1}".encode()
 
 
 def test_the_database_keeps_each_field_with_its_type(influxdb: InfluxTarget) -> None:
     telemetry = Telemetry("b1")
-    telemetry.dead_lettered("soclab/lab1/pi-01/eload/data")
-    batch = telemetry.batch([("soclab/lab1/pi-01/mppt/data", data_body("mppt", T0), T0 + 5)], T0 + 10)
+    telemetry.dead_lettered(device_of("soclab/lab1/pi-01/eload/data"))
+    telemetry.stored(Delivered(("lab1", "pi-01", "mppt"), 1, False, 5, 5, 5))
+    telemetry.stored(Delivered(("lab1", "pi-01", "mppt"), 3, True, 0, 0, 0))
+    record = telemetry.take(T0 + 10)
     status = status_lines("soclab/lab1/pi-01/eload/status", payload(example("status-online.json")))
     sink = InfluxSink(influxdb.url, influxdb.token, influxdb.org, influxdb.bucket)
     try:
-        sink.write("\n".join([*batch.lines, *status]).encode())
+        sink.write(b"\n".join([*record, *(line.encode() for line in status)]))
     finally:
         sink.close()
     types = {
@@ -142,6 +137,7 @@ def test_the_database_keeps_each_field_with_its_type(influxdb: InfluxTarget) -> 
     }
     assert types[("soclab_bridge", "samples")] == "integer"
     assert types[("soclab_bridge", "dead_letters")] == "integer"
+    assert types[("soclab_bridge", "replayed")] == "integer"
     assert types[("soclab_bridge", "lag_max_s")] == "float"
     assert types[("soclab_status", "online")] == "boolean"
     assert types[("soclab_status", "spool_depth")] == "float"

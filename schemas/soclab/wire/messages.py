@@ -91,38 +91,94 @@ def is_valid_fast(message: Any, name: str) -> bool:
 def validate(message: Any, expected: str | None = None) -> dict[str, Any]:
     """Return ``message`` if it is a valid soclab message (of kind ``expected`` if given).
 
-    Raises InvalidMessage naming the first violation and where it is.
+    Raises InvalidMessage naming the first violation, where it is and why, in at most about
+    ``REASON_LIMIT`` characters.
     """
     if not isinstance(message, dict):
         raise InvalidMessage(f"message is {type(message).__name__}, not a JSON object")
     name = message.get("schema")
     if not isinstance(name, str) or name not in _FILES:
-        raise InvalidMessage(f"unknown schema {name!r}")
+        raise InvalidMessage(f"unknown schema {_short(repr(name), 80)}")
     if expected is not None and name != expected:
         raise InvalidMessage(f"schema is {name!r}, expected {expected!r}")
     try:
         _fast(name)(message)
     except fastjsonschema.JsonSchemaException as fast_error:
-        error = next(iter(_validator(name).iter_errors(message)), None)
-        if error is None:
-            raise InvalidMessage(f"{name} invalid: {str(fast_error)[:300]}") from None
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise InvalidMessage(f"{name} invalid at {where}: {error.message[:300]}") from None
+        raise InvalidMessage(_reason(name, message, fast_error)) from None
     return message
 
 
+REASON_LIMIT = 300
+
+
+def _reason(name: str, message: dict[str, Any], fast_error: Exception) -> str:
+    """The reference validator's first error, found in bounded time.
+
+    jsonschema walks a message until its first error; for a large data message whose last sample
+    is wrong that is seconds. The fast validator already knows which sample failed: the reference
+    then judges a message holding only that sample, and its path gets the sample's index back.
+    """
+    index = _failed_sample(name, message, fast_error)
+    error = None
+    if index is not None:
+        reduced = {**message, "samples": [message["samples"][index]]}
+        error = next(iter(_validator(name).iter_errors(reduced)), None)
+    if error is None:
+        index = None
+        error = next(iter(_validator(name).iter_errors(message)), None)
+    if error is None:
+        return f"{name} invalid: {_short(str(fast_error), REASON_LIMIT)}"
+    path = list(error.absolute_path)
+    if index is not None:
+        path[1] = index
+    where = "/".join(str(p) for p in path) or "(root)"
+    text = error.message
+    shown = repr(error.instance)
+    if len(shown) > 60 and shown in text:  # the value comes first; keep room for why it is wrong
+        text = text.replace(shown, _short(shown, 60))
+    return f"{name} invalid at {where}: {_short(text, REASON_LIMIT)}"
+
+
+def _failed_sample(name: str, message: dict[str, Any], fast_error: Exception) -> int | None:
+    path = getattr(fast_error, "path", None)
+    samples = message.get("samples")
+    if name != DATA_SCHEMA or not isinstance(samples, list) or len(samples) < 2 or not path:
+        return None
+    if len(path) < 3 or path[:2] != ["data", "samples"] or not str(path[2]).isdigit():
+        return None
+    index = int(path[2])
+    return index if index < len(samples) else None
+
+
+def _short(text: str, limit: int) -> str:
+    """``text`` cut in the middle to at most about ``limit`` characters: its start says what, its
+    end (often) why."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 30) // 2
+    return f"{text[:keep]}...({len(text) - 2 * keep} characters)...{text[-keep:]}"
+
+
 def decode(payload: bytes, expected: str | None = None) -> dict[str, Any]:
-    """Parse and validate an MQTT payload."""
+    """Parse and validate an MQTT payload: UTF-8 JSON (no byte order mark), a soclab message."""
     try:
-        message = json.loads(payload, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage(f"not JSON: not UTF-8 (byte {payload[exc.start]:#04x} at {exc.start})") from None
+    if text.startswith("\ufeff"):
+        raise InvalidMessage("not JSON: starts with a byte order mark (the contract is UTF-8 without one)")
+    try:
+        message = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
         raise InvalidMessage(f"not JSON: {exc}") from None
     except RecursionError:
         raise InvalidMessage("not JSON this side can read: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise InvalidMessage(f"not JSON this side can read: {_short(str(exc), 200)}") from None
     return validate(message, expected)
 
 
-def _reject_constant(name: str) -> None:
+def _reject_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
 
 

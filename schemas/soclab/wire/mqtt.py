@@ -112,7 +112,7 @@ def make_client(
     clean_session: bool = True,
     manual_ack: bool = False,
     will: Will | None = None,
-) -> mqtt.Client:
+) -> FailoverClient:
     """A paho client that has not connected yet; the caller sets callbacks and connects.
 
     ``clean_session=False`` with a fixed ``client_id`` keeps the session (subscriptions and
@@ -156,6 +156,19 @@ class FailoverClient(mqtt.Client):
         super().__init__(*args, **kwargs)
         self.brokers = list(brokers)
         self._attempts = 0
+
+    def connect_first(self, keepalive: int = 60) -> None:
+        """Connect now (blocking, for a command-line tool) to the first broker of the ring that
+        accepts the connection; OSError naming each broker tried and why, if none does."""
+        errors = []
+        for host, port in self.brokers:
+            self._attempts = 0  # this very broker, not the next one
+            try:
+                self.connect(host, port, keepalive=keepalive)
+                return
+            except OSError as exc:
+                errors.append(f"{host}:{port}: {exc.strerror or exc}")
+        raise OSError("; ".join(errors))
 
     def reconnect(self) -> mqtt.MQTTErrorCode:
         if self._attempts and len(self.brokers) > 1:

@@ -1,4 +1,10 @@
-"""Topic names: ``soclab/<site>/<node>/<device>/<kind>``."""
+"""Topic names: ``soclab/<site>/<node>/<device>/<kind>``.
+
+Kinds: ``data`` (live samples), ``status`` (retained), ``stored`` (the bridge's confirmations),
+``deadletter``, ``cmd`` and ``cmd/result``; ``replay`` is recorded data that an operator replays
+(``soclab replay``: same ``soclab.data/1`` payload, stored without the live time window, kept out
+of live lag), confirmed on ``replay/stored``. Devices cannot publish ``replay`` (broker ACL).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,10 @@ import re
 from dataclasses import dataclass
 
 ROOT = "soclab"
-KINDS = ("data", "status", "stored", "deadletter", "cmd", "cmd/result", "journal")
+# replay, replay/stored: recorded data published by ``soclab replay`` and its confirmations, a
+# path of its own so that the bridge keeps old time stamps out of live checks and lag. journal:
+# a node's run controller's journal (device ``run``), confirmed on ``stored`` like data.
+KINDS = ("data", "status", "stored", "deadletter", "cmd", "cmd/result", "replay", "replay/stored", "journal")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 

@@ -85,9 +85,9 @@ def connect(
 
     client.on_connect = on_connect
     try:
-        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+        client.connect_first(keepalive=settings.keepalive_s)  # host:port, then [mqtt] failover
     except (OSError, ValueError) as exc:
-        raise ConnectionError(f"cannot reach the broker at {settings.host}:{settings.port}: {exc}") from None
+        raise ConnectionError(f"cannot reach the broker at {exc}") from None
     client.loop_start()
     try:
         reason = answers.get(timeout=timeout_s)
@@ -96,7 +96,7 @@ def connect(
     if reason is None or reason.is_failure:
         client.loop_stop()
         why = f"refused: {reason}" if reason is not None else f"no answer within {timeout_s:.0f} s"
-        raise ConnectionError(f"broker {settings.host}:{settings.port} {why}")
+        raise ConnectionError(f"broker {client.host}:{client.port} {why}")
     return client
 
 

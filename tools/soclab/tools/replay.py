@@ -1,4 +1,5 @@
-"""``soclab replay``: publish a recorded session as ``soclab.data/1`` messages.
+"""``soclab replay``: publish a recorded session as ``soclab.data/1`` messages on the devices'
+``replay`` topics (the bridge stores them without its live time window).
 
 The recording is a Grafana CSV export ("series to columns"), as in ``soclab.dev``'s ``data/lab-2021-05-28``:
 a ``Time`` column in epoch milliseconds and one column per series, named like
@@ -154,7 +155,7 @@ def messages(
 def _device_messages(
     recording: Recording, site: str, node: str, device: str, per_message: int, seq_start: int
 ) -> Iterator[tuple[int, str, str, dict]]:
-    topic = str(Topic(site, node, device, "data"))
+    topic = str(Topic(site, node, device, "replay"))
     source = {"site": site, "node": node, "device": device, "kind": recording.kinds[device]}
     samples = recording.samples[device]
     for start in range(0, len(samples), per_message):

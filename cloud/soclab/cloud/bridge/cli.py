@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soclab-bridge: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, args.log_format)
+    # Three threads hand work to each other (network, writer, sink); with Python's default 5 ms
+    # switch interval a finished write can wait that long for the GIL before the next one starts.
+    sys.setswitchinterval(0.001)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, frame: stop.set())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from soclab.wire.mqtt import MqttSettings
-from soclab.wire.settings import ConfigError, check_type, parse, read_toml, section
+from soclab.wire.settings import ConfigError, load_section, read_toml
 
 __all__ = ["BridgeConfig", "ConfigError", "load"]
 
@@ -31,6 +31,9 @@ class MqttConfig(MqttSettings):
     # for this client is the real window (Mosquitto sends no more unacknowledged messages); this
     # is the safety net if the broker allows more: the bridge then stops reading from the socket.
     max_pending_messages: int = 1000
+    # The same for bytes: payloads held, whatever their number (a few huge messages are as bad as
+    # many small ones). One message is always let in, so keep it above [intake] max_payload_bytes.
+    max_pending_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,22 +55,45 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
+class IntakeConfig:
+    """What the bridge accepts (see ``intake``); the replay tool sizes its messages by these."""
+
+    max_payload_bytes: int = 4 * 1024 * 1024  # larger: dead-lettered unread (broker's limit: 16 MiB)
+    past_s: float = 90 * 86400.0  # live samples at most this old (a spool after a long outage)
+    future_s: float = 300.0  # samples at most this far ahead of the bridge's clock (replays too)
+    max_spread_s: float = 86400.0  # from a message's first to its last sample (replays too)
+    excerpt_bytes: int = 64 * 1024  # a dead letter keeps at most this much of the payload
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     initial_s: float = 0.5  # first pause after a failed write, doubled each time
     max_s: float = 30.0
 
 
 @dataclass(frozen=True)
-class BridgeConfig:
-    mqtt: MqttConfig
-    influx: InfluxConfig
+class _TopLevel:
+    """The ``[bridge]`` table (``SOCLAB_BRIDGE_<KEY>``)."""
+
     id: str = "bridge"  # names the status topic soclab-bridge/<id>/status and the dead letters' consumer
-    site: str = "+"  # subscribe to soclab/<site>/+/+/data; "+" is every site
+    site: str = "+"  # subscribe to soclab/<site>/+/+/data (and replay, status); "+" is every site
     status_interval_s: float = 5.0
     shutdown_timeout_s: float = 10.0  # at stop, how long to keep retrying a write before leaving it
     log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    mqtt: MqttConfig
+    influx: InfluxConfig
+    id: str = _TopLevel.id
+    site: str = _TopLevel.site
+    status_interval_s: float = _TopLevel.status_interval_s
+    shutdown_timeout_s: float = _TopLevel.shutdown_timeout_s
+    log_level: str = _TopLevel.log_level
     batch: BatchConfig = field(default_factory=BatchConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
 
     @property
     def client_id(self) -> str:
@@ -92,6 +118,12 @@ class BridgeConfig:
             "[batch] ms": self.batch.ms,
             "[batch] idle_ms": self.batch.idle_ms,
             "[mqtt] max_pending_messages": self.mqtt.max_pending_messages,
+            "[mqtt] max_pending_bytes": self.mqtt.max_pending_bytes,
+            "[intake] max_payload_bytes": self.intake.max_payload_bytes,
+            "[intake] past_s": self.intake.past_s,
+            "[intake] future_s": self.intake.future_s,
+            "[intake] max_spread_s": self.intake.max_spread_s,
+            "[intake] excerpt_bytes": self.intake.excerpt_bytes,
             "[retry] initial_s": self.retry.initial_s,
             "[retry] max_s": self.retry.max_s,
             "status_interval_s": self.status_interval_s,
@@ -99,6 +131,8 @@ class BridgeConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")
+        if self.mqtt.max_pending_bytes < self.intake.max_payload_bytes:
+            raise ConfigError("[mqtt] max_pending_bytes must be at least [intake] max_payload_bytes")
         return self
 
 
@@ -107,13 +141,7 @@ _SECTIONS: dict[str, type] = {
     "influx": InfluxConfig,
     "batch": BatchConfig,
     "retry": RetryConfig,
-}
-_TOP_LEVEL = {
-    "id": str,
-    "site": str,
-    "status_interval_s": float,
-    "shutdown_timeout_s": float,
-    "log_level": str,
+    "intake": IntakeConfig,
 }
 _SECRETS = {("mqtt", "password"): "password_file", ("influx", "token"): "token_file"}  # refused in the file
 _ENV = "SOCLAB_BRIDGE_"
@@ -127,32 +155,39 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> B
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: bridge, {', '.join(_SECTIONS)}")
-    top = _top_level(bridge_table, env)
-    sections = {
-        name: section(name, cls, raw.get(name, {}), env, _ENV, refused=_refused(name))
+    _check_variables(env)
+    # [bridge] shares the prefix with every section's variables: those are checked above.
+    top = load_section(
+        _TopLevel, bridge_table, where="bridge", env=env, prefix=_ENV, ignore_unknown_variables=True
+    )
+    sections: dict[str, Any] = {
+        name: load_section(
+            cls,
+            raw.get(name, {}),
+            where=name,
+            env=env,
+            prefix=f"{_ENV}{name.upper()}_",
+            refused=_refused(name),
+        )
         for name, cls in _SECTIONS.items()
     }
     sections["mqtt"] = sections["mqtt"].with_password(env, f"{_ENV}MQTT_PASSWORD")
     sections["influx"] = replace(
         sections["influx"], token=_secret(env, "influx", "token", sections["influx"])
     )
-    return BridgeConfig(**top, **sections).check()
+    return BridgeConfig(**vars(top), **sections).check()
 
 
-def _top_level(table: Any, env: dict[str, str]) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ConfigError("[bridge] must be a table")
-    for key in table:
-        if key not in _TOP_LEVEL:
-            raise ConfigError(f"[bridge] has no setting {key!r}; known: {', '.join(_TOP_LEVEL)}")
-    values = dict(table)
-    for key, kind in _TOP_LEVEL.items():
-        name = f"{_ENV}{key.upper()}"
-        if name in env:
-            values[key] = parse(env[name], kind, name)
-    for key, value in values.items():
-        check_type(f"[bridge] {key}", value, _TOP_LEVEL[key])
-    return values
+def _check_variables(env: dict[str, str]) -> None:
+    """A ``SOCLAB_BRIDGE_*`` variable that names no setting is an error: a typo would pass unseen."""
+    top = {f"{_ENV}{name.upper()}" for name in _TopLevel.__dataclass_fields__}
+    sections = tuple(f"{_ENV}{name.upper()}_" for name in _SECTIONS)
+    for variable in sorted(env):
+        if variable.startswith(_ENV) and variable not in top and not variable.startswith(sections):
+            raise ConfigError(
+                f"{variable} names no setting of the bridge; known: {', '.join(sorted(top))} "
+                f"and {_ENV}<SECTION>_<KEY> for the sections {', '.join(_SECTIONS)}"
+            )
 
 
 def _refused(name: str) -> dict[str, str]:

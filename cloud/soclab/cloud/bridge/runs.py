@@ -56,6 +56,11 @@ def is_run_topic(topic: str) -> bool:
     return topic.endswith(("/journal", "/cmd/result", "/run/status"))
 
 
+def confirmations(topic: str) -> str:
+    """Where a journal's records are confirmed: ``soclab/<site>/<node>/run/stored``."""
+    return str(_topic(topic).with_kind("stored"))
+
+
 def lines(topic: str, payload: bytes) -> tuple[list[str], list[list[int]]]:
     """The points of a run message and, for a journal, the sequence numbers to confirm."""
     where = _topic(topic)

@@ -10,6 +10,8 @@ bridge keeps the data and retries.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
@@ -34,6 +36,15 @@ class WriteRejected(Exception):
         self.status = status
 
 
+class Sink(Protocol):
+    """Where the bridge writes: ``write()`` returns once the body is stored, or raises WriteFailed
+    (try again later) or WriteRejected (the database refused points)."""
+
+    def write(self, body: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class InfluxSink:
     """One InfluxDB 2 bucket, written synchronously: ``write()`` returns once the data is stored."""
 
@@ -48,7 +59,7 @@ class InfluxSink:
     def write(self, body: bytes) -> None:
         """Write line protocol (lines joined by ``\\n``, ns time stamps)."""
         try:
-            self._write_api.write(bucket=self.bucket, record=body, write_precision=WritePrecision.NS)
+            self._write_api.write(bucket=self.bucket, record=body, write_precision=WritePrecision.NS)  # type: ignore[arg-type]
         except ApiException as exc:
             message = f"HTTP {exc.status}: {getattr(exc, 'message', None) or exc.reason}"
             if exc.status in REJECTED_STATUSES:

@@ -21,29 +21,30 @@ overwrites itself. Refused (``Rejected``, so the bridge dead-letters it): an inv
 ``source`` that does not match the topic, a counter and a gauge of the same name, a counter or
 gauge named like one of the fixed fields, a counter beyond int64 or a gauge that is not finite.
 
-``soclab_bridge``: one point per device and written batch, from ``Telemetry.batch()``:
+``soclab_bridge``: one point per device and record, from ``Telemetry.take()``:
 
 ===============  ==========================================================================
 tags             ``bridge`` (its id), ``site``, ``node``, ``device`` (the topic's levels;
                  absent for a dead letter whose topic names no device)
-fields           ``messages`` and ``samples`` (**integer**, the device's data messages and
-                 samples in this write), ``dead_letters`` (**integer**, its messages
-                 dead-lettered since its previous point), ``lag_min_s``, ``lag_mean_s``,
-                 ``lag_max_s`` (**float**, from each sample's ``t_ns`` to the message's arrival
-                 at the bridge; absent when the point only counts dead letters)
-time             when the batch was written (the bridge's clock, ns)
+fields           ``messages`` and ``samples`` (**integer**, the device's live data messages
+                 and samples stored since its previous point), ``dead_letters`` (**integer**,
+                 its messages dead-lettered since then), ``replayed`` (**integer**, samples
+                 stored from replays, which count nowhere else; absent when 0), ``lag_min_s``,
+                 ``lag_mean_s``, ``lag_max_s`` (**float**, from each live sample's ``t_ns``
+                 to the message's arrival at the bridge; absent without live samples)
+time             when the record was taken (the bridge's clock, ns; strictly increasing)
 ===============  ==========================================================================
 
 Samples per device and interval are ``sum("samples")``; lag is ``max("lag_max_s")``; dead
-letters are ``sum("dead_letters")``. Dead letters are counted when they happen and written with
-the next write (data or status of any device): they never delay an acknowledgement.
+letters are ``sum("dead_letters")``. A record counts what InfluxDB has confirmed (stored
+messages) and dead letters; the bridge writes it with its next data write, or alone when no data
+follows. Its lines are fixed once taken: written again after a failed or refused write they are
+the same points (same time), so nothing is counted twice, not even after a partial write.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # influxdb-client's escaping, as in points.py (private names; the version is pinned).
@@ -60,6 +61,7 @@ from soclab.wire import STATUS_SCHEMA, InvalidMessage, Topic, TopicError, decode
 
 STATUS_MEASUREMENT = "soclab_status"
 BRIDGE_MEASUREMENT = "soclab_bridge"
+Device = tuple[str, str, str]  # site, node, device
 STATUS_FIELDS = frozenset({"online", "state", "last_error", "reason"})
 _INT64_MAX = 2**63 - 1
 
@@ -120,76 +122,72 @@ def _own_name(name: str) -> None:
 # --- soclab_bridge ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What telemetry counts of one stored data message."""
+
+    device: Device
+    samples: int
+    replay: bool
+    lag_min_ns: int
+    lag_max_ns: int
+    lag_sum_ns: int
+
+
 @dataclass
 class _Device:
     messages: int = 0
     samples: int = 0
     dead_letters: int = 0
+    replayed: int = 0
     lag_min_ns: int = 0
     lag_max_ns: int = 0
     lag_sum_ns: int = 0
 
-    def add(self, t_ns: int, received_ns: int) -> None:
-        lag = received_ns - t_ns
+    def add(self, d: Delivered) -> None:
+        if d.replay:
+            self.replayed += d.samples
+            return
         first = self.samples == 0
-        self.samples += 1
-        self.lag_sum_ns += lag
-        self.lag_min_ns = lag if first else min(self.lag_min_ns, lag)
-        self.lag_max_ns = lag if first else max(self.lag_max_ns, lag)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """The telemetry lines of one write, and the dead letters they report."""
-
-    lines: list[str]
-    dead_letters: Counter[tuple[str, str, str] | None] = field(default_factory=Counter)
+        self.messages += 1
+        self.samples += d.samples
+        self.lag_sum_ns += d.lag_sum_ns
+        self.lag_min_ns = d.lag_min_ns if first else min(self.lag_min_ns, d.lag_min_ns)
+        self.lag_max_ns = d.lag_max_ns if first else max(self.lag_max_ns, d.lag_max_ns)
 
 
 class Telemetry:
-    """Per-device counts and lags of each write (``batch()``), dead letters in between.
-
-    The writer calls ``dead_lettered()`` for each dead letter, ``batch()`` with the data
-    messages of a write (before every attempt), and ``written()`` once the write succeeded:
-    the dead letters it reported are then no longer pending.
-    """
+    """Per-device counts and lags since the last record. Owned by one thread (the writer)."""
 
     def __init__(self, bridge_id: str) -> None:
         self.bridge_id = bridge_id
-        self._dead_letters: Counter[tuple[str, str, str] | None] = Counter()
+        self._devices: dict[Device | None, _Device] = {}
+        self._last_ns = 0
 
-    def dead_lettered(self, topic: str) -> None:
-        self._dead_letters[_device_of(topic)] += 1
+    def dead_lettered(self, device: Device | None) -> None:
+        self._device(device).dead_letters += 1
 
-    def batch(self, messages: Iterable[tuple[str, bytes, int]], now_ns: int) -> Batch:
-        """Lines for a write of ``messages``: (topic, their line protocol, arrival ns) each.
-
-        Messages on other topics than ``.../data`` (status) are not counted.
-        """
-        devices: dict[tuple[str, str, str] | None, _Device] = {}
-        for topic, body, received_ns in messages:
-            if not topic.endswith("/data") or not body:
-                continue
-            key = _device_of(topic)
-            device = devices.setdefault(key, _Device())
-            device.messages += 1
-            for line in body.split(b"\n"):
-                device.add(int(line.rsplit(b" ", 1)[1]), received_ns)
-        pending = Counter({k: n for k, n in self._dead_letters.items() if n})
-        for key, count in pending.items():
-            devices.setdefault(key, _Device()).dead_letters = count
-        lines = [self._line(key, device, now_ns) for key, device in sorted(devices.items(), key=_order)]
-        return Batch(lines, pending)
-
-    def written(self, batch: Batch) -> None:
-        self._dead_letters.subtract(batch.dead_letters)
-        self._dead_letters = +self._dead_letters
+    def stored(self, delivered: Delivered) -> None:
+        self._device(delivered.device).add(delivered)
 
     @property
-    def pending_dead_letters(self) -> int:
-        return sum(self._dead_letters.values())
+    def pending(self) -> bool:
+        return bool(self._devices)
 
-    def _line(self, key: tuple[str, str, str] | None, device: _Device, now_ns: int) -> str:
+    def take(self, now_ns: int) -> list[bytes]:
+        """The record of everything counted since the last one, as lines; counting starts afresh."""
+        t_ns = max(now_ns, self._last_ns + 1)  # a record is never rewritten by the next one
+        self._last_ns = t_ns
+        devices, self._devices = self._devices, {}
+        return [self._line(key, device, t_ns) for key, device in sorted(devices.items(), key=_order)]
+
+    def _device(self, key: Device | None) -> _Device:
+        device = self._devices.get(key)
+        if device is None:
+            device = self._devices[key] = _Device()
+        return device
+
+    def _line(self, key: Device | None, device: _Device, t_ns: int) -> bytes:
         tags = {"bridge": self.bridge_id}
         if key is not None:
             tags.update(zip(("site", "node", "device"), key, strict=True))
@@ -198,14 +196,17 @@ class Telemetry:
             "samples": f"{device.samples}i",
             "dead_letters": f"{device.dead_letters}i",
         }
+        if device.replayed:
+            fields["replayed"] = f"{device.replayed}i"
         if device.samples:
             fields["lag_min_s"] = _float("lag_min_s", device.lag_min_ns / 1e9)
             fields["lag_mean_s"] = _float("lag_mean_s", device.lag_sum_ns / device.samples / 1e9)
             fields["lag_max_s"] = _float("lag_max_s", device.lag_max_ns / 1e9)
-        return _line(BRIDGE_MEASUREMENT, tags, fields, now_ns)
+        return _line(BRIDGE_MEASUREMENT, tags, fields, t_ns).encode()
 
 
-def _device_of(topic: str) -> tuple[str, str, str] | None:
+def device_of(topic: str) -> Device | None:
+    """The device a topic names, if it names one."""
     try:
         where = Topic.parse(topic)
     except TopicError:
@@ -213,7 +214,7 @@ def _device_of(topic: str) -> tuple[str, str, str] | None:
     return where.site, where.node, where.device
 
 
-def _order(item: tuple[tuple[str, str, str] | None, Any]) -> tuple[str, str, str]:
+def _order(item: tuple[Device | None, Any]) -> tuple[str, str, str]:
     return item[0] or ("", "", "")
 
 
