@@ -292,6 +292,15 @@ class Rig:
             time.sleep(0.2)
 
 
+def journal_depth(path: Path) -> int:
+    """How many records the run controller's journal still holds (not confirmed by the bridge)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+    finally:
+        db.close()
+
+
 def spool_seqs(path: Path, *, below: int) -> int:
     """How many samples with seq <= ``below`` a publisher's spool still holds (read-only)."""
     if not path.exists():

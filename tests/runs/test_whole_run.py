@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rig import LAB, Rig
+from rig import LAB, Rig, journal_depth
 
 from soclab.tools.runs.cli import main as soclab_run
 
@@ -102,6 +102,8 @@ def test_two_cycles_complete_and_the_data_tells_the_same_story(
     check_annotations(rig, events)
     check_export(rig, steps, events, tmp_path)
     stored = rig.wait_nothing_lost()
+    journal = rig.folder / "run" / "journal.sqlite"
+    rig.wait_for(lambda: journal_depth(journal) == 0, "the bridge confirmed the whole journal")
     run_report.append(
         f"whole run: two cycles on the simulated lab (40 mAh) in {took:.0f} s, 8 steps at their end "
         f"conditions, a broker outage of {(outage[1] - outage[0]) / 1e9:.1f} s inside, samples lost 0 "
