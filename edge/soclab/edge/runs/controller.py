@@ -135,6 +135,8 @@ class RunController:
         self._ids = itertools.count(1)
         self._next_renewal = 0.0
         self._next_status = 0.0
+        self._next_journal = 0.0
+        self._journal_new = False
         will = Will(self.status_topic, self._status_payload("offline", "connection lost"))
         self.client = make_client(config.mqtt, config.client_id, clean_session=False, will=will)
         self.client.on_connect = self._on_connect
@@ -197,7 +199,11 @@ class RunController:
             self._after_engine()
         if now >= self._next_status:
             self._publish_status()
-        self._send_journal()
+        # The journal is read once a second, and at once when something was recorded or the broker
+        # is back: a long backlog after an outage costs one read a second, not ten.
+        if self._journal_new or now >= self._next_journal:
+            self._send_journal()
+            self._journal_new, self._next_journal = False, now + 1.0
 
     def _handle(self, event: _Event) -> None:
         match event:
@@ -214,6 +220,7 @@ class RunController:
             case _Connected():
                 log.info("event=connected")
                 self._sent.clear()  # whatever was in flight may be lost: send it again
+                self._journal_new = True
                 self._publish_status()
 
     # --- commands -------------------------------------------------------------------------------
@@ -418,6 +425,7 @@ class RunController:
 
     def _record(self, record: dict[str, Any]) -> None:
         stored = self.journal.append(record)
+        self._journal_new = True
         if "run_event" in stored:
             self._publish_status()
 
