@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
+
 import pytest
 
 from soclab.edge.instruments.base import DeviceError
@@ -193,3 +196,37 @@ def test_strings_and_floats() -> None:
     assert tg.decode_float(hx("43 20 00 00")) == 160.0
     with pytest.raises(ValueError, match="longer"):
         tg.encode_string("x" * 16)
+
+
+def test_no_byte_stream_makes_the_answer_side_raise_anything_but_a_telegram_error() -> None:
+    """Issue 11, finding 6 asked the same of the e-load's codec as of the MPPT's: whatever comes down
+    the RS232 line (noise, mutated captures, runs of valid-looking frames, huge bursts), the scanner
+    returns frames or None, keeps its buffer bounded, and decoding an answer's data raises only
+    TelegramError."""
+    rng = random.Random(11)
+    answers = [hx(a) for _, a in CAPTURES] + [hx(SOFTWARE_ANSWER)]
+    scanner = tg.FrameScanner(to_device=False)
+    found = intact = 0
+    for _ in range(3000):
+        chunk = bytearray(rng.choice(answers)) if rng.random() < 0.5 else bytearray(rng.randbytes(30))
+        for _ in range(rng.randint(0, 3)):  # a few flipped bits
+            chunk[rng.randrange(len(chunk))] ^= 1 << rng.randrange(8)
+        if rng.random() < 0.3:
+            chunk = chunk[: rng.randint(0, len(chunk))]
+        intact += bytes(chunk) in answers
+        scanner.feed(bytes(chunk))
+        while (frame := scanner.next()) is not None:
+            found += 1
+            for decode in (
+                lambda d: tg.decode_actual(d, *NOMINAL),
+                tg.decode_float,
+                tg.decode_word,
+                tg.decode_string,
+            ):
+                with contextlib.suppress(tg.TelegramError):
+                    decode(frame.data)
+        assert len(scanner.pending) <= 4 * tg.MAX_FRAME
+        assert scanner.residue_kind() in ("checksum", "short", None)
+    scanner.feed(rng.randbytes(1_000_000))  # a burst of noise
+    assert len(scanner.pending) <= tg.MAX_FRAME
+    assert found >= 0.9 * intact > 100  # the intact answers among the noise are found

@@ -145,7 +145,8 @@ ACME_DRIVER = """
             pass
 
         def _read(self, timeout):
-            return [Reading(self.now_ns(), {"bat_v": 12.5})]
+            stamp = self.stamp()
+            return [Reading(stamp.t_ns, {"bat_v": 12.5}, stamp.flags)]
 """
 
 

@@ -271,13 +271,13 @@ def test_clock_drift_is_measured_and_reanchored(battery, drift_ppm):
     assert min(gaps) >= 500_000  # a backward step never squeezes scans closer than half a period
 
 
-def test_now_ns_stays_after_the_stream_stamps(battery):
+def test_stamp_stays_after_the_stream_stamps(battery):
     standin.configure(battery, drift_ppm=20_000.0, seed=5)  # the T7 runs 2 % fast: stamps run ahead
     try:
         driver = stream_driver(scans_per_read=100, max_clock_offset_ms=10_000)
         with driver:
             first = read_until(driver, lambda r: len(r) >= 1000)
-            assert driver.now_ns() > first[-1].t_ns
+            assert driver.stamp().t_ns > first[-1].t_ns
             driver.close()
             driver.open()  # a new stream run starts after everything stamped so far
             second = read_until(driver, lambda r: len(r) >= 100)

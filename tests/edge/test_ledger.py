@@ -114,3 +114,67 @@ def test_confirmations_of_unknown_or_repeated_ranges_are_harmless(tmp_path):
     send(ledger, 1)
     assert ledger.confirmed([[0, 9]]) == 10
     assert ledger.confirmed([[0, 9], [500, 400], [1000, 2000]]) == 0
+
+
+# --- what a confirmation may remove (issue 11, finding 7) ------------------------------------------------
+def test_a_confirmation_removes_only_samples_published_and_not_yet_confirmed(tmp_path):
+    """Finding 7: forged confirmations deleted 250 LabJack samples before they were ever sent."""
+    spool = Spool(tmp_path / "s.sqlite")
+    ledger = Ledger(spool, batch_max=10)
+    fill(spool, 30)
+    assert send(ledger, 1) == list(range(10))
+    assert ledger.confirmed([[0, 29]]) == 10  # 10..29 were never sent: they stay
+    assert seqs(spool.peek(-1, 100)) == list(range(10, 30))
+    assert ledger.confirmed([[0, 9]]) == 0  # confirmed already
+    assert send(ledger, 2) == list(range(10, 20))
+    assert ledger.confirmed([[15, 10**15]]) == 5  # a range beyond anything: only what was sent
+    assert seqs(spool.peek(-1, 100)) == list(range(10, 15)) + list(range(20, 30))
+    assert ledger.confirmed_samples == 15
+    assert ledger.unconfirmed_batches == 1  # 10..14 of the second batch wait for their confirmation
+    assert ledger.confirmed([[10, 14]]) == 5
+    assert ledger.unconfirmed_batches == 0
+
+
+def test_a_dead_letter_for_samples_never_sent_removes_nothing(tmp_path):
+    spool = Spool(tmp_path / "s.sqlite")
+    ledger = Ledger(spool, batch_max=10)
+    fill(spool, 10)
+    assert ledger.confirmed([[0, 9]], dead_lettered=True) == 0
+    assert (spool.depth, ledger.dead_lettered_samples) == (10, 0)
+
+
+def test_a_late_confirmation_of_a_batch_waiting_to_be_resent_is_taken(tmp_path):
+    spool = Spool(tmp_path / "s.sqlite")
+    clock = Clock()
+    ledger = Ledger(spool, batch_max=10, resend_grace_s=1.0, clock=clock)
+    fill(spool, 20)
+    send(ledger, 1)
+    send(ledger, 2)
+    ledger.confirmed([[10, 19]])
+    clock.now = 1.0
+    assert ledger.lost_batches() == 1
+    assert ledger.confirmed([[0, 9]]) == 10  # it was published: late, not forged
+    assert ledger.next_batch() == []  # so nothing is sent again
+    assert spool.depth == 0
+
+
+def test_samples_published_by_an_earlier_run_may_be_confirmed_after_a_restart(tmp_path):
+    """The session is persistent: confirmations of what the previous run published wait at the
+    broker. The ledger saves what it published (``save()``, once a second from the sender), so
+    the next run accepts those, and still nothing it never published."""
+    spool = Spool(tmp_path / "s.sqlite")
+    ledger = Ledger(spool, batch_max=10)
+    fill(spool, 40)
+    send(ledger, 1)  # 0..9
+    send(ledger, 2)  # 10..19
+    ledger.confirmed([[0, 4]])
+    ledger.save()
+    send(ledger, 3)  # 20..29: published after the last save, as if the process died right then
+    spool.close()
+
+    spool = Spool(tmp_path / "s.sqlite")
+    ledger = Ledger(spool, batch_max=10)
+    assert ledger.confirmed([[0, 39]]) == 15  # 5..19: published and saved; 20..39 stay
+    assert seqs(spool.peek(-1, 100)) == list(range(20, 40))
+    assert [send(ledger, mid) for mid in (1, 2)] == [list(range(20, 30)), list(range(30, 40))]
+    assert ledger.confirmed([[20, 39]]) == 20

@@ -325,3 +325,41 @@ def test_map_unknown_and_non_numeric_items_are_reported_not_sampled() -> None:
     assert mapped.values["chg_state"] is True
     assert mapped.unknown == ("Foo_X", "Grid_V")
     assert mapped.non_numeric == ("Bat_A", "SOC_pct")
+
+
+# --- hostile lines (issue 11, finding 6) -----------------------------------------------------------------
+NESTED = b"# " + b'{"a":' * 1200 + b"1" + b"}" * 1200  # 7.2 KB, under the link's line limit
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        NESTED,
+        b'#serial {"Bat_V":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b":85 Content. " + b"[" * 3000 + b"]" * 3000,
+        b'# {"Bat_V":' + b"9" * 5000 + b"}",  # more digits than Python turns into an int
+    ],
+    ids=["nested-objects", "nested-arrays", "nested-response", "huge-integer"],
+)
+def test_a_line_nested_too_deeply_or_too_long_a_number_is_malformed_not_an_exception(raw: bytes) -> None:
+    """Finding 6: 6 KB of nesting raised RecursionError out of parse_line."""
+    msg = parse_line(raw)
+    assert isinstance(msg, Ignored)
+    assert msg.malformed
+
+
+def test_mapping_a_deeply_nested_publication_does_not_recurse() -> None:
+    """What JSON decodes (just under its own nesting limit) is flattened without Python recursion."""
+    deep: dict[str, object] = {"rVoltage_V": 12.8}
+    for _ in range(5000):
+        deep = {"g": deep}
+    mapped = map_items({"Battery": {"rVoltage_V": 12.85}, "x": deep}, DIALECTS["v0.5"])
+    assert mapped.values == {"bat_v": 12.85}
+    assert mapped.unknown == ("x/" + "g/" * 5000 + "rVoltage_V",)
+
+
+def test_integers_beyond_64_bits_are_not_sample_values() -> None:
+    """InfluxDB stores 64-bit integers; a bigger one would be refused far from where it came from."""
+    mapped = map_items({"Bat_V": 2**64, "Bat_A": -(2**63), "SOC_pct": 2**63}, DIALECTS["v21"])
+    assert mapped.values == {"bat_a": -(2**63)}
+    assert set(mapped.non_numeric) == {"Bat_V", "SOC_pct"}

@@ -16,7 +16,7 @@ import pytest
 from transcript import THINGSET, Exchange, Transcript, Unsolicited, Vanish, thingset_steps
 
 from soclab.edge.instruments import kind
-from soclab.edge.instruments.base import ConnectionLost, Reading
+from soclab.edge.instruments.base import ConnectionLost, Health, Reading
 from soclab.edge.instruments.libresolar_mppt import codec
 from soclab.edge.instruments.libresolar_mppt.codec import Response
 from soclab.edge.instruments.libresolar_mppt.driver import (
@@ -32,6 +32,7 @@ from soclab.edge.instruments.libresolar_mppt.driver import (
     Unsupported,
 )
 from soclab.edge.instruments.libresolar_mppt.fields import DIALECTS, map_items
+from soclab.edge.instruments.libresolar_mppt.link import ThingSetLink
 from soclab.edge.instruments.libresolar_mppt.options import MpptOptions
 
 V21 = THINGSET / "v21.0-transcript.txt"
@@ -465,3 +466,48 @@ def test_shipped_configurations_ask_only_for_what_the_real_board_has() -> None:
         extras = set(config["instrument"]["extra_fields"])
         assert extras, where
         assert extras <= offered, (where, extras - offered)
+
+
+# --- hostile lines (issue 11, finding 6) -----------------------------------------------------------------
+def test_a_line_that_cannot_be_parsed_is_dropped_counted_and_the_next_one_read() -> None:
+    """Finding 6: a 7 KB deeply nested publication raised RecursionError out of the codec; the line
+    stayed in the link's buffer and no sample was read again."""
+    port = Transcript([
+        *thingset_steps(V21)[:1],
+        Unsolicited(b'# {"Bat_V":12.8}\n'),
+        Unsolicited(b"# " + b'{"a":' * 1200 + b"1" + b"}" * 1200 + b"\n"),
+        Unsolicited(b'# {"Bat_V":12.9}\n'),
+    ])  # fmt: skip
+    driver = mppt(port)
+    driver.open()
+    readings = read_all(driver, 2)
+    assert [r.values for r in readings] == [{"bat_v": 12.8}, {"bat_v": 12.9}]
+    assert driver.read(0.2) == []
+    port.assert_done()
+    assert driver.health.counters["parse_errors"] == 1
+
+
+def test_a_line_whose_handling_fails_is_dropped_once_and_the_link_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever goes wrong with one line (here the publication's handler fails) costs that line:
+    the lines after it are routed once each, and the failure is counted and logged."""
+    port = Transcript([
+        Unsolicited(b'# {"Bat_V":1}\n# {"Bat_V":2}\n# {"Bat_V":3}\n'),
+    ])  # fmt: skip
+    health = Health()
+    seen: list[dict[str, Any]] = []
+
+    def handle(pub: codec.Publication) -> None:
+        seen.append(pub.data)
+        if pub.data == {"Bat_V": 2}:
+            raise ValueError("a handler's bug")
+
+    link = ThingSetLink("/dev/ttyACM0", 115200, health=health, on_publication=handle, serial_factory=port)
+    link.open()
+    link.pump_until(lambda: len(seen) >= 3, time.monotonic() + 2.0)
+    link.pump_until(lambda: False, time.monotonic() + 0.1)
+    assert seen == [{"Bat_V": 1}, {"Bat_V": 2}, {"Bat_V": 3}]
+    assert health.counters["parse_errors"] == 1
+    assert "a handler's bug" in caplog.text
+    link.close()

@@ -109,6 +109,23 @@ def test_mppt_unplugged_garbled_and_back(tmp_path, run_publisher):
         assert not [s for s in samples if unplugged_ns + 200_000_000 < s["t_ns"] < replugged_ns]
 
 
+def test_mppt_a_line_that_cannot_be_parsed_costs_that_line_only(tmp_path, run_publisher):
+    """Issue 11, finding 6: a 6 KB deeply nested publication raised RecursionError out of the codec,
+    stayed in the buffer, and no sample was read again while the status still said online."""
+    with MpptSimulator(Battery(), tmp_path / "mppt", period_s=0.1) as sim:
+        run = run_publisher("mppt", MpptDriver(MpptOptions(port=str(sim.port.link))))
+        eventually(lambda: len(run.samples()) >= 10, "MPPT samples flowing")
+        sim.inject(b"# " + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"\n")
+        eventually(lambda: run.counter("parse_errors") >= 1, "the line counted")
+        before = len(run.samples())
+        eventually(lambda: len(run.samples()) >= before + 10, "samples after it")
+        status = run.status()
+        assert status["counters"]["parse_errors"] == 1
+        assert status["counters"].get("acquisition_errors", 0) == 0
+        assert status["gauges"]["last_reading_age_s"] < 5.0  # the status says when data last came
+        assert_consecutive(run.samples())
+
+
 def test_eload_silent_garbled_unplugged_and_back(tmp_path, run_publisher):
     battery = Battery()
     with EaLoadSimulator(battery, tmp_path / "eload") as sim:

@@ -44,6 +44,17 @@ def test_non_finite_values_are_flagged_not_sent(tmp_path):
     assert spool.invalid_values == 1
 
 
+def test_a_value_that_cannot_travel_is_flagged_and_costs_no_other_value(tmp_path):
+    """An integer beyond 64 bits (InfluxDB refuses it) or a value that is no number would make the
+    schema refuse the whole message it rides in, its good samples too."""
+    spool = Spool(tmp_path / "s.sqlite")
+    spool.append([Reading(T0, {"bat_v": 2**64, "bat_a": -(2**63), "soc_pct": "80", "load_on": True})])  # type: ignore[dict-item]
+    sample = json.loads(spool.peek(-1, 1)[0][2])
+    assert sample["values"] == {"bat_a": -(2**63), "load_on": True}
+    assert sample["flags"] == ["invalid:bat_v", "invalid:soc_pct"]
+    assert spool.invalid_values == 2
+
+
 def test_full_spool_drops_oldest_and_counts_it(tmp_path, caplog):
     spool = Spool(tmp_path / "s.sqlite", max_samples=5)
     spool.append(readings(4))

@@ -13,6 +13,10 @@ Sync policy (``sync``):
 Bound (``max_samples``): when an append would exceed it, the oldest samples are deleted (policy
 "drop-oldest": a long outage keeps its most recent data), counted in ``dropped`` (persisted) and
 logged as a warning; the publisher reports the count in its status topic.
+
+Beside the samples, the spool keeps which of them were published and are not yet confirmed
+(``sent``, a few ranges that the ledger saves about once a second): a confirmation is accepted
+only for those, also when it reaches the next run of the publisher.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ _NO_END = 2**63 - 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped', 0);
 """
 
@@ -64,10 +69,13 @@ class Spool:
     def append(self, readings: Iterable[Reading]) -> range:
         """Store readings under consecutive sequence numbers; return the numbers given."""
         rows = []
+        invalid = 0
         with self._lock:
             first = seq = self.next_seq
             for reading in readings:
-                rows.append((seq, reading.t_ns, self._encode(seq, reading)))
+                body, bad = _encode(seq, reading)
+                rows.append((seq, reading.t_ns, body))
+                invalid += bad
                 seq += 1
             if not rows:
                 return range(first, first)
@@ -82,8 +90,9 @@ class Spool:
                         (overflow,),
                     )
                     self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (overflow,))
-            self.next_seq = seq
+            self.next_seq = seq  # written: nothing of a failed append (a full disk) is counted
             self.depth += len(rows) - overflow
+            self.invalid_values += invalid
             if overflow:
                 self.dropped += overflow
                 log.warning(
@@ -93,21 +102,6 @@ class Spool:
                     self.max_samples,
                 )
             return range(first, seq)
-
-    def _encode(self, seq: int, reading: Reading) -> str:
-        """The sample's JSON object. Non-finite values cannot travel as JSON: flagged, counted."""
-        values = {}
-        flags = list(reading.flags)
-        for name, value in reading.values.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                flags.append(f"invalid:{name}")
-                self.invalid_values += 1
-            else:
-                values[name] = value
-        sample: dict[str, object] = {"seq": seq, "t_ns": reading.t_ns, "values": values}
-        if flags:
-            sample["flags"] = sorted(set(flags))
-        return json.dumps(sample, separators=(",", ":"))
 
     def peek(self, after_seq: int, limit: int, before_seq: int | None = None) -> list[tuple[int, int, str]]:
         """Up to ``limit`` samples with after_seq < seq (< before_seq), oldest first: (seq, t_ns, json)."""
@@ -141,6 +135,19 @@ class Spool:
             self.depth -= cur.rowcount
             return cur.rowcount
 
+    def sent_ranges(self) -> list[tuple[int, int]]:
+        """The ranges last saved by ``save_sent``."""
+        with self._lock:
+            rows = self._db.execute("SELECT first, last FROM sent ORDER BY first").fetchall()
+        return [(int(a), int(b)) for a, b in rows]
+
+    def save_sent(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Replace the saved ranges of published, unconfirmed samples (one transaction)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM sent")
+            self._db.executemany("INSERT INTO sent VALUES (?, ?)", list(ranges))
+
     def oldest_t_ns(self) -> int | None:
         with self._lock:
             row = self._db.execute("SELECT t_ns FROM samples ORDER BY seq LIMIT 1").fetchone()
@@ -149,3 +156,32 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _valid(value: object) -> bool:
+    """What a sample value can be: a bool, a finite float, an integer InfluxDB can hold."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return value in _INT64
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _encode(seq: int, reading: Reading) -> tuple[str, int]:
+    """The sample's JSON object, and how many values were invalid. A value that cannot travel
+    (nan, inf, an integer beyond 64 bits, anything not a number) is left out and named in the
+    flags (``invalid:<name>``), so that one bad value never costs its message's other samples."""
+    values = {}
+    flags = list(reading.flags)
+    for name, value in reading.values.items():
+        if _valid(value):
+            values[name] = value
+        else:
+            flags.append(f"invalid:{name}")
+    sample: dict[str, object] = {"seq": seq, "t_ns": reading.t_ns, "values": values}
+    if flags:
+        sample["flags"] = sorted(set(flags))
+    return json.dumps(sample, separators=(",", ":")), len(reading.values) - len(values)

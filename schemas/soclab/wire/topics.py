@@ -4,6 +4,10 @@ Kinds: ``data`` (live samples), ``status`` (retained), ``stored`` (the bridge's 
 ``deadletter``, ``cmd`` and ``cmd/result``; ``replay`` is recorded data that an operator replays
 (``soclab replay``: same ``soclab.data/1`` payload, stored without the live time window, kept out
 of live lag), confirmed on ``replay/stored``. Devices cannot publish ``replay`` (broker ACL).
+
+A bridge is not a device: its own topics are ``soclab-bridge/<id>/status`` and
+``soclab-bridge/<id>/deadletter`` (``bridge_topic``), and it signs its confirmations and dead
+letters as consumer ``soclab-bridge/<id>`` (``bridge_consumer``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,19 @@ ROOT = "soclab"
 # a node's run controller's journal (device ``run``), confirmed on ``stored`` like data.
 KINDS = ("data", "status", "stored", "deadletter", "cmd", "cmd/result", "replay", "replay/stored", "journal")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+BRIDGE_ROOT = "soclab-bridge"
+
+
+def bridge_consumer(bridge_id: str) -> str:
+    """What bridge ``bridge_id`` writes as ``consumer`` in its confirmations and dead letters."""
+    return f"{BRIDGE_ROOT}/{bridge_id}"
+
+
+def bridge_topic(bridge_id: str, kind: str) -> str:
+    """A bridge's own topic: ``kind`` is ``status`` or ``deadletter``."""
+    return f"{BRIDGE_ROOT}/{bridge_id}/{kind}"
 
 
 class TopicError(ValueError):

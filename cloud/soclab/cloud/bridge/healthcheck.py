@@ -23,11 +23,12 @@ import paho.mqtt.client as mqtt
 from soclab.cloud.bridge import config as config_module
 from soclab.cloud.bridge.config import BridgeConfig
 from soclab.wire.mqtt import make_client
+from soclab.wire.topics import bridge_topic
 
 
 def check(config: BridgeConfig, *, timeout_s: float = 5.0, slack_s: float = 5.0) -> str | None:
     """None if the bridge is healthy, else the reason."""
-    topic = f"soclab-bridge/{config.id}/status"
+    topic = bridge_topic(config.id, "status")
     statuses: queue.Queue[Any] = queue.Queue()
     client = _client(config, statuses, topic)
     try:

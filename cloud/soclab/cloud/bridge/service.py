@@ -58,6 +58,7 @@ from soclab.cloud.bridge.intake import Intake
 from soclab.cloud.bridge.sink import InfluxSink, Sink, WriteFailed, WriteRejected
 from soclab.cloud.bridge.telemetry import Telemetry
 from soclab.wire import Topic
+from soclab.wire.topics import bridge_consumer, bridge_topic
 
 log = logging.getLogger("soclab.cloud.bridge")
 
@@ -90,8 +91,8 @@ class Bridge:
         self.config = c = config.check()
         kinds = ("data", "replay", "status", *runs.KINDS)  # runs: the journals, command results
         self.subscriptions = [Topic.subscription(kind, c.site) for kind in kinds]
-        self.status_topic = f"soclab-bridge/{c.id}/status"
-        self.consumer = f"soclab-bridge/{c.id}"
+        self.status_topic = bridge_topic(c.id, "status")
+        self.consumer = bridge_consumer(c.id)
         self.failure: BaseException | None = None
         self._counters = Counters()
         self._inbox: _Inbox = queue.SimpleQueue()
@@ -121,7 +122,7 @@ class Bridge:
             retry_max_s=c.retry.max_s,
             shutdown_timeout_s=c.shutdown_timeout_s,
             consumer=self.consumer,
-            fallback_deadletter_topic=f"soclab-bridge/{c.id}/deadletter",
+            fallback_deadletter_topic=bridge_topic(c.id, "deadletter"),
             excerpt_bytes=c.intake.excerpt_bytes,
         )
         self._core = Core(

@@ -32,4 +32,5 @@ class SteadyInstrument(Instrument):
             time.sleep(min(timeout, self._next - now))
         due = int((time.monotonic() - self._next) * self.rate_hz) + 1
         self._next += due / self.rate_hz
-        return [Reading(self.now_ns(), {"bat_v": 12.5}) for _ in range(due)]
+        stamps = [self.stamp() for _ in range(due)]
+        return [Reading(stamp.t_ns, {"bat_v": 12.5}, stamp.flags) for stamp in stamps]

@@ -3,8 +3,10 @@
 A driver implements the protected ``_open``, ``_close`` and ``_read`` (python-can's template
 pattern); the public ``read`` adds what all drivers share: reconnecting when the port vanishes,
 counting it, and never raising on a wire fault. Time stamps are taken on this machine at
-acquisition (``time.time_ns()``), made strictly increasing per instrument so that no two
-samples share an InfluxDB identity.
+acquisition from the instrument's ``clock`` (``instruments.clock``: wall time spaced by the
+monotonic clock, strictly increasing, steps of the wall clock followed and flagged, samples taken
+while it is not synchronised flagged); a driver stamps a sample with ``stamp()`` and gives it the
+stamp's flags.
 
 Threads: ``read`` is called by one thread (the publisher's acquisition thread); control methods
 of a driver (switching a load, writing a setting) may come from another, and each driver
@@ -22,6 +24,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
+
+from soclab.edge.instruments.clock import AcquisitionClock, Stamp
 
 Value = float | int | bool
 
@@ -119,10 +123,10 @@ class Instrument(ABC):
 
     def __init__(self) -> None:
         self.health = Health()
+        self.clock = AcquisitionClock()  # the publisher gives it its synchronisation probe
         self._is_open = False
         self._next_open = 0.0
         self._backoff = self.reopen_backoff_s[0]
-        self._last_t_ns = 0
         # Told, on the reading thread, when the transport (re)opened (before any reading) and when
         # it was lost: the publisher's control hosting (``soclab.edge.runs.hosting``) makes the
         # instrument safe at every open and stops a run whose instrument went away.
@@ -180,15 +184,18 @@ class Instrument(ABC):
         self.health.count("samples_read", len(readings))
         return readings
 
-    def now_ns(self) -> int:
-        """This instrument's acquisition clock: wall time, strictly increasing (see module doc)."""
-        t = time.time_ns()
-        if t <= self._last_t_ns:
-            if t < self._last_t_ns - 1_000_000:
-                self.health.count("clock_steps_back")
-            t = self._last_t_ns + 1
-        self._last_t_ns = t
-        return t
+    def stamp(self) -> Stamp:
+        """A sample's time stamp and the flags it gives the sample (see the module doc)."""
+        return self._clock_health(self.clock.stamp())
+
+    def _clock_health(self, stamp: Stamp) -> Stamp:
+        """Count a step the clock found; keep the gauge ``clock_synchronised`` (1 or 0, once known)."""
+        if stamp.step_ns:
+            self.health.count("clock_steps")
+        in_sync = self.clock.in_sync
+        if in_sync is not None:
+            self.health.set_gauge("clock_synchronised", float(in_sync))
+        return stamp
 
     def _lost(self, exc: Exception) -> None:
         log.warning("instrument=%s event=connection_lost error=%r", self.kind, str(exc))

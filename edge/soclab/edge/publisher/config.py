@@ -59,11 +59,20 @@ class SpoolConfig:
     path: str = "/var/lib/soclab/spool/{device}.sqlite"
     max_samples: int = 10_000_000
     sync: str = "full"
+    hold_max_samples: int = 100_000  # readings kept in memory while the disk refuses (publisher.intake)
 
 
 @dataclass(frozen=True)
 class StatusConfig:
     interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    """``check_sync``: flag samples stamped while the kernel says the clock is not synchronised
+    (``clock_unsynced``; see ``soclab.edge.instruments.clock``)."""
+
+    check_sync: bool = True
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class PublisherConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
     control: ControlConfig | None = None  # hosts the instrument's control (commands, safe state)
     log_level: str = "INFO"
 
@@ -97,6 +107,7 @@ _SECTIONS = {
     "batch": BatchConfig,
     "spool": SpoolConfig,
     "status": StatusConfig,
+    "clock": ClockConfig,
 }
 
 

@@ -15,16 +15,27 @@ the bridge never confirmed, and ``resend_grace_s`` passes without that confirmat
 the batch was lost between broker and bridge: it is sent again (storage is idempotent, so a
 batch that was merely late is harmless to send twice). Nothing is resent while the bridge is
 silent: then the broker's queue for the bridge's session holds the messages.
+
+What a confirmation may remove (issue 11, finding 7). Only samples that were published and are
+not yet confirmed (``outstanding``): a confirmation naming anything else, be it samples never
+sent, confirmed already, or not acquired yet, removes nothing of them. The outstanding ranges are
+saved in the spool (``save()``, about once a second), so the next run of the publisher accepts
+the confirmations that waited for it at the broker; what was published after the last save is
+sent again instead (harmless, see above). Who may confirm at all is the broker's ACL's business
+(see ``publisher.service``). A removal the disk refuses (full) is tried again every second
+(``retry_removals``); should the publisher stop first, those samples go again at the next start.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from soclab.edge.publisher.ranges import SeqRanges
 from soclab.edge.spool import Spool
 
 Row = tuple[int, int, str]  # (seq, t_ns, sample JSON)
@@ -60,12 +71,18 @@ class Ledger:
             self._backlog.append([0, spool.next_seq])
         self._live_cursor = spool.next_seq  # next live seq to send
         self._resend: collections.deque[tuple[int, int]] = collections.deque()
+        # Published and not confirmed, by this run or (saved in the spool) an earlier one.
+        self._outstanding = SeqRanges(spool.sent_ranges())
+        self._saved = list(self._outstanding)
         self._by_mid: dict[int, Batch] = {}
         self._unconfirmed: dict[int, Batch] = {}  # first seq -> batch, published and not confirmed
         self._starts: list[int] = []  # sorted keys of _unconfirmed
         self._order = 0
         self._live_turn = True
+        self._unremoved: list[tuple[int, int, bool]] = []  # confirmed, the disk refused to remove
+        self.removal_error: str | None = None
         self.resent_batches = 0
+        self.ranges_ignored = 0  # confirmed ranges that named nothing outstanding
         self.confirmed_samples = 0
         self.dead_lettered_samples = 0
 
@@ -83,6 +100,7 @@ class Ledger:
         self._by_mid[mid] = batch
         self._unconfirmed[first] = batch
         bisect.insort(self._starts, first)
+        self._outstanding.add(first, last)
 
     def puback(self, mid: int) -> None:
         batch = self._by_mid.pop(mid, None)
@@ -90,21 +108,22 @@ class Ledger:
             batch.acked = True
 
     def confirmed(self, ranges: list[list[int]], dead_lettered: bool = False) -> int:
-        """The bridge stored (or dead-lettered) these ranges: forget them. Returns samples removed."""
+        """The bridge stored (or dead-lettered) these ranges: forget what of them is outstanding.
+        Returns the samples removed from the spool."""
         removed = 0
         newest = 0
         for first, last in ranges:
-            if first > last:
+            pieces = self._outstanding.take(first, last)
+            for a, b in pieces:
+                removed += self._remove(a, b, dead_lettered)
+            if not pieces:
+                self.ranges_ignored += 1
                 continue
-            removed += self.spool.remove(first, last)
-            for batch in self._batches_within(first, last):
-                newest = max(newest, batch.order)
-                del self._unconfirmed[batch.first]
-                self._starts.remove(batch.first)
-        if dead_lettered:
-            self.dead_lettered_samples += removed
-        else:
-            self.confirmed_samples += removed
+            for batch in self._batches_overlapping(pieces[0][0], pieces[-1][1]):
+                if not self._outstanding.overlaps(batch.first, batch.last):  # all of it confirmed
+                    newest = max(newest, batch.order)
+                    del self._unconfirmed[batch.first]
+                    self._starts.remove(batch.first)
         if newest:
             now = self._clock()
             for batch in self._unconfirmed.values():
@@ -112,15 +131,53 @@ class Ledger:
                     batch.overtaken_at = now
         return removed
 
-    def _batches_within(self, first: int, last: int) -> list[Batch]:
-        i = bisect.bisect_left(self._starts, first)
+    def _remove(self, first: int, last: int, dead_lettered: bool) -> int:
+        """Remove from the spool; a removal the disk refuses (full) is tried again later."""
+        try:
+            removed = self.spool.remove(first, last)
+        except sqlite3.Error as exc:
+            self._unremoved.append((first, last, dead_lettered))
+            self.removal_error = str(exc)
+            return 0
+        if dead_lettered:
+            self.dead_lettered_samples += removed
+        else:
+            self.confirmed_samples += removed
+        return removed
+
+    def retry_removals(self) -> None:
+        """Remove what was confirmed while the disk refused (the sender, once a second)."""
+        pending, self._unremoved = self._unremoved, []
+        for first, last, dead_lettered in pending:
+            self._remove(first, last, dead_lettered)
+        if not self._unremoved:
+            self.removal_error = None
+
+    @property
+    def removals_pending(self) -> int:
+        """Confirmed ranges still in the spool because the disk refused their removal."""
+        return len(self._unremoved)
+
+    def _batches_overlapping(self, first: int, last: int) -> list[Batch]:
+        """Unconfirmed batches with a sample in first..last (batches do not overlap each other)."""
+        i = max(0, bisect.bisect_right(self._starts, first) - 1)  # the one that may hold first
         found = []
         while i < len(self._starts) and self._starts[i] <= last:
             batch = self._unconfirmed[self._starts[i]]
-            if batch.last <= last:
+            if batch.last >= first:
                 found.append(batch)
             i += 1
         return found
+
+    def save(self) -> None:
+        """Save the outstanding ranges in the spool, if they changed (the sender, once a second).
+        Raises the spool's error (a full disk): the caller logs it and tries again later."""
+        oldest = self.spool.peek(-1, 1)  # what the spool no longer holds can be confirmed no more
+        self._outstanding.take(-1, oldest[0][0] - 1 if oldest else self.spool.next_seq - 1)
+        current = list(self._outstanding)
+        if current != self._saved:
+            self.spool.save_sent(current)
+            self._saved = current
 
     def lost_batches(self) -> int:
         """Move batches overtaken for longer than the grace period to the resend queue."""
@@ -157,8 +214,8 @@ class Ledger:
         rows = self.spool.peek(self._live_cursor - 1, self.batch_max)
         if not rows:
             return []
-        age_s = (time.time_ns() - rows[0][1]) / 1e9
-        if len(rows) < self.batch_max and age_s < live_delay_s:
+        age_s = (time.time_ns() - rows[0][1]) / 1e9  # < 0 after the wall clock stepped back: go
+        if len(rows) < self.batch_max and 0 <= age_s < live_delay_s:
             return []  # wait for a fuller batch
         self._live_cursor = rows[-1][0] + 1
         return rows

@@ -13,12 +13,24 @@ Threads, and what each one owns:
 
 - the sender (the thread that calls ``run()``): the ledger, the publisher's counters and gauges,
   every status message; it is the only one to publish;
-- acquisition: the instrument's ``read()``; it appends to the spool (which locks itself) and
-  reports a failure as an ``AcquisitionFailed`` event;
+- acquisition: the instrument's ``read()``; it hands the readings to the spool through
+  ``publisher.intake`` (which holds them in memory while the disk refuses them; both lock
+  themselves) and reports a failure as an ``AcquisitionFailed`` event;
 - paho's network thread: its callbacks only hand typed events (``Connected``, ``PubAck``,
   ``Stored`` ...) to the sender's queue, and subscribe on connect.
 
 The instrument's health is read as a snapshot (``Health.snapshot``), never iterated live.
+
+Confirmations (``.../stored``) come from the network, so nothing in one may end the publisher
+(issue 11, finding 5): a message that is not a valid ``soclab.stored/1`` is counted
+(``confirmations_invalid``) and ignored, whatever it holds. Who sent one cannot be read from an
+MQTT 3.1.1 message; the ``consumer`` field is what the sender claims. On the production broker,
+the ACL (``compose/mosquitto/config/acl``) lets only the bridge's accounts write
+``soclab/+/+/+/stored`` and binds each client id to its account, so a confirmation there is the
+bridge's; the publisher then checks that it names a bridge (``soclab-bridge/<id>``, else it is
+counted in ``confirmations_refused``) and the ledger takes from it only samples that were
+published and not yet confirmed (finding 7). The development broker of ``make lab`` has no ACL:
+there any local client can confirm, and these two checks are all that stands.
 
 With ``[control]`` the publisher also hosts its instrument's control (``soclab.edge.runs.hosting``:
 operators' commands on ``.../cmd``, the run controller's on a local socket, the safe state at
@@ -28,9 +40,11 @@ the sender (``Outgoing``), which publishes them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -40,16 +54,22 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from soclab.edge.instruments.base import Instrument
+from soclab.edge.instruments.clock import kernel_synchronised
 from soclab.edge.publisher.config import PublisherConfig
+from soclab.edge.publisher.intake import SpoolIntake
 from soclab.edge.publisher.ledger import Ledger, Row
 from soclab.edge.publisher.mqtt import make_client
 from soclab.edge.runs.hosting import ControlHost
 from soclab.edge.spool import Spool
 from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessage, decode, encode
+from soclab.wire.topics import BRIDGE_ROOT
 
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.2  # the sender wakes at least this often
+# The largest confirmation the schema allows (100,000 ranges) is under 4 MiB; refuse more unread.
+MAX_CONFIRMATION_BYTES = 4 * 2**20
+_QUIET_S = 10.0  # a repeated complaint (forged confirmations, a full disk) is logged this often
 
 
 # --- what the other threads tell the sender ------------------------------------------------------
@@ -96,7 +116,11 @@ class Publisher:
     def __init__(self, config: PublisherConfig, instrument: Instrument) -> None:
         self.config = config
         self.instrument = instrument
+        if config.clock.check_sync:
+            instrument.clock.synchronised = kernel_synchronised
         self.spool = Spool(config.spool_path, max_samples=config.spool.max_samples, sync=config.spool.sync)
+        self.intake = SpoolIntake(self.spool, hold_max_samples=config.spool.hold_max_samples)
+        self._last_reading: float | None = None  # time.monotonic() of the instrument's latest reading
         self.ledger = Ledger(
             self.spool, batch_max=config.batch.max_samples, resend_grace_s=config.mqtt.resend_grace_s
         )
@@ -112,6 +136,7 @@ class Publisher:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._gauges: dict[str, float | None] = {}
+        self._complaints: dict[str, tuple[float, int]] = {}  # key -> (last logged, not logged since)
         self.client = make_client(config, self._status_payload("offline", "connection-lost"))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -172,6 +197,7 @@ class Publisher:
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + 1.0
+                    self._housekeeping()
                     lost = self.ledger.lost_batches()
                     if lost:
                         log.warning("event=resend batches=%d reason=not confirmed, later ones were", lost)
@@ -204,7 +230,8 @@ class Publisher:
                 if self.control is not None:
                     self.control.readings(readings)
                 if readings:
-                    self.spool.append(readings)  # a full disk raises here: counted and logged below
+                    self._last_reading = time.monotonic()
+                if self.intake.put(readings):  # a full disk: held, and written when it takes them
                     self._wakeup.set()
             except Exception as exc:  # an error must not end acquisition: report, log, retry
                 failures += 1
@@ -253,17 +280,60 @@ class Publisher:
                     self.client.publish(topic, payload, qos=1)
 
     def _confirmation(self, payload: bytes) -> None:
+        """A message on this device's ``stored`` topic; see the module doc for what is trusted."""
+        if len(payload) > MAX_CONFIRMATION_BYTES:
+            self._bad_confirmation("confirmations_invalid", f"{len(payload)} bytes, more than one holds")
+            return
         try:
             message = decode(payload, STORED_SCHEMA)
         except InvalidMessage as exc:
-            self.counters["confirmations_invalid"] += 1
-            log.error("event=invalid_confirmation reason=%r", exc.reason)
+            self._bad_confirmation("confirmations_invalid", exc.reason)
+            return
+        except Exception as exc:  # what a decoder's own limits raise (5,000 digits): still bad input
+            self._bad_confirmation("confirmations_invalid", f"{type(exc).__name__}: {str(exc)[:200]}")
+            return
+        consumer = message["consumer"]
+        if not consumer.startswith(f"{BRIDGE_ROOT}/"):
+            self._bad_confirmation("confirmations_refused", f"consumer {consumer[:80]!r} is not a bridge")
             return
         self.counters["confirmations"] += 1
         self.ledger.confirmed(message.get("stored", []))
         dead = self.ledger.confirmed(message.get("dead_lettered", []), dead_lettered=True)
         if dead:
             log.error("event=samples_dead_lettered count=%d (the bridge could not store them)", dead)
+
+    def _bad_confirmation(self, counter: str, reason: str) -> None:
+        """Count it; log it (``event=confirmation_invalid`` or ``confirmation_refused``)."""
+        self.counters[counter] += 1
+        event = counter.replace("confirmations_", "confirmation_")
+        self._complain(counter, logging.ERROR, "event=%s reason=%r", event, reason)
+
+    def _complain(self, key: str, level: int, message: str, *args: object) -> None:
+        """Log a complaint that may repeat many times a second: at most once per ``_QUIET_S`` per
+        key, saying how many were not logged since (the counters have every one)."""
+        now = time.monotonic()
+        last, quiet = self._complaints.get(key, (-_QUIET_S, 0))
+        if now - last < _QUIET_S:
+            self._complaints[key] = (last, quiet + 1)
+            return
+        self._complaints[key] = (now, 0)
+        log.log(level, message + (f" (and {quiet} more in {_QUIET_S:g} s)" if quiet else ""), *args)
+
+    def _housekeeping(self) -> None:
+        """Once a second: removals and the ledger's record that a full disk refused, tried again."""
+        self.ledger.retry_removals()
+        if self.ledger.removal_error:
+            self._complain(
+                "removal",
+                logging.WARNING,
+                "event=confirmed_samples_not_removed ranges=%d error=%r",
+                self.ledger.removals_pending,
+                self.ledger.removal_error,
+            )
+        try:
+            self.ledger.save()
+        except sqlite3.Error as exc:  # a full disk: what was published is saved at a later try
+            self._complain("ledger_save", logging.WARNING, "event=ledger_not_saved error=%r", str(exc))
 
     def _send_ready(self, stopping: bool = False) -> None:
         while self.ledger.inflight < self.config.mqtt.max_inflight and (stopping or not self._stop.is_set()):
@@ -281,7 +351,8 @@ class Publisher:
             # A driver produced something the schema refuses: never send it, never lose it quietly.
             self.counters["samples_rejected"] += len(rows)
             log.error("event=invalid_message first_seq=%d last_seq=%d reason=%r", first, last, exc.reason)
-            self.spool.remove(first, last)
+            with contextlib.suppress(sqlite3.Error):  # a full disk: refused again at the next start
+                self.spool.remove(first, last)
             return
         info = self.client.publish(self._topic, payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -310,6 +381,11 @@ class Publisher:
         counters["samples_confirmed"] = self.ledger.confirmed_samples
         counters["samples_dead_lettered"] = self.ledger.dead_lettered_samples
         counters["batches_resent"] = self.ledger.resent_batches
+        intake = self.intake.state()
+        counters["spool_write_errors"] = intake.write_errors
+        counters["samples_lost_unspooled"] = intake.lost
+        since = self._last_reading
+        error = intake.error or self.ledger.removal_error or health.last_error  # the spool's first
         message: dict[str, Any] = {
             "schema": STATUS_SCHEMA,
             "source": self._source,
@@ -324,8 +400,12 @@ class Publisher:
                 "spool_depth": self.spool.depth,
                 "inflight_messages": self.ledger.inflight,
                 "unconfirmed_batches": self.ledger.unconfirmed_batches,
+                "spool_held_samples": intake.held,
+                "spool_unwritable_s": intake.unwritable_s,
+                "spool_removals_pending": self.ledger.removals_pending,
+                "last_reading_age_s": None if since is None else round(time.monotonic() - since, 3),
             },
-            "last_error": health.last_error,
+            "last_error": error[:500] if error else None,
         }
         if reason:
             message["reason"] = reason
@@ -355,5 +435,8 @@ class Publisher:
         self.client.disable_logger()  # paho's loop says "Client is not connected" after disconnect()
         self.client.disconnect()
         self.client.loop_stop()
+        self._handle_events()  # confirmations that came in meanwhile
+        self._housekeeping()
+        self.intake.close()
         self.spool.close()
         log.info("event=stopped counters=%s", dict(self.counters))

@@ -37,8 +37,8 @@ from soclab.tools.watch.sequence import SeqTracker
 from soclab.tools.watch.windows import CounterRate, LagWindow, RateWindow
 from soclab.wire import DATA_SCHEMA, DEADLETTER_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessage, Topic
 from soclab.wire.messages import decode, is_valid_fast
+from soclab.wire.topics import BRIDGE_ROOT
 
-BRIDGE_ROOT = "soclab-bridge"
 RUN_DEVICE = "run"  # run-level topics of a node: soclab/<site>/<node>/run/...
 EXPLAIN_LIMIT = 1 << 20  # above this size, an invalid message is not searched for its reason
 REASON_CHARS = 200

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from soclab.edge.instruments.base import ConnectionLost, Identity, Instrument, InstrumentError, Reading, Value
+from soclab.edge.instruments.clock import Stamp
 from soclab.edge.instruments.ea_el3000 import telegram as tg
 from soclab.edge.instruments.ea_el3000.options import EaLoadOptions
 from soclab.edge.instruments.serial_port import (
@@ -216,10 +217,10 @@ class EaLoadDriver(Instrument):
     def _poll(self) -> Reading | None:
         values: dict[str, Value] = {}
         missing: list[str] = []
-        t_ns: int | None = None
+        stamp: Stamp | None = None
         try:
             answer = self._query(tg.OBJ_ACTUAL)
-            t_ns = self.now_ns()
+            stamp = self.stamp()
             actual = tg.decode_actual(answer.data, *self._nominal)
         except (NoAnswer, tg.EaDeviceError, tg.TelegramError) as exc:
             self._poll_failed(tg.OBJ_ACTUAL, exc)
@@ -231,8 +232,8 @@ class EaLoadDriver(Instrument):
             values["power_w"] = actual.power_w
         try:
             answer = self._query(tg.OBJ_AH)
-            if t_ns is None:
-                t_ns = self.now_ns()
+            if stamp is None:
+                stamp = self.stamp()
             ah = tg.decode_float(answer.data)
             if not math.isfinite(ah):
                 raise tg.TelegramError(f"Ah counter is not a number: {answer.data.hex(' ')}")
@@ -244,12 +245,12 @@ class EaLoadDriver(Instrument):
             values["ah"] = ah
         failed_polls = 0.0 if values else (self.health.gauge("consecutive_failed_polls") or 0.0) + 1
         self.health.set_gauge("consecutive_failed_polls", failed_polls)
-        if t_ns is None or not values:
+        if stamp is None or not values:
             self.health.count("polls_without_sample")
             return None
         if missing:
             self.health.count("partial_samples")
-        return Reading(t_ns, values, tuple(f"missing:{name}" for name in missing))
+        return Reading(stamp.t_ns, values, tuple(f"missing:{name}" for name in missing) + stamp.flags)
 
     def _poll_failed(self, obj: int, exc: Exception) -> None:
         self.health.count("failed_polls")

@@ -5,10 +5,13 @@ calibration; the field's suffix must be the calibration's unit (``_a`` for a LEM
 divider or raw volts), so raw volts can never pass for amps again.
 
 * ``mode="command"``: ``eReadNames`` of all channels every 1/``rate_hz`` s, one Reading each, stamped
-  with ``now_ns()`` just before the request (the T7 samples when the request arrives).
+  with ``stamp()`` just before the request (the T7 samples when the request arrives).
 * ``mode="stream"``: ``eStreamStart`` at ``scan_rate_hz``; each ``eStreamRead`` gives
   ``scans_per_read`` scans, one Reading per scan, stamped from the scan counter and the actual
-  scan rate (``stream_clock`` has the drift policy). A read blocks for up to scans_per_read /
+  scan rate (``stream_clock`` has the drift policy) and compared with the acquisition clock. A
+  step of the wall clock moves the stream's stamps by the step, at once, both ways (the first
+  scan after it is flagged ``clock_step``); while the clock is not synchronised every scan is
+  flagged ``clock_unsynced``. A read blocks for up to scans_per_read /
   scan_rate seconds whatever ``timeout`` says (that is how eStreamRead works).
 
 A skipped sample (-9999.0, LJM's stream auto-recovery) is left out of ``values`` and named in the
@@ -30,6 +33,7 @@ import time
 from typing import Any
 
 from soclab.edge.instruments.base import Identity, Instrument, InstrumentError, Reading
+from soclab.edge.instruments.clock import STEP, UNSYNCED
 from soclab.edge.instruments.labjack_t7.backend import (
     LabJackError,
     LJMBackend,
@@ -85,7 +89,8 @@ class LabJackDriver(Instrument):
         self._ains = [spec.ain for spec in self.channels.values()]
         self._handle: int | None = None
         self._streaming = False
-        self._clock: StreamClock | None = None
+        self._stream_clock: StreamClock | None = None
+        self._step_unflagged = False  # a clock step the next scan must be flagged with
         self._scan = 0
         self._next_due = 0.0
         self._identity: Identity = {}
@@ -96,7 +101,7 @@ class LabJackDriver(Instrument):
         if self.mode == "command":
             ident["rate_hz"] = self.rate_hz
         else:
-            ident["scan_rate_hz"] = self._clock.scan_rate_hz if self._clock else None
+            ident["scan_rate_hz"] = self._stream_clock.scan_rate_hz if self._stream_clock else None
             ident["scans_per_read"] = self.scans_per_read
         for name, spec in self.channels.items():
             ident[f"channel_{name}"] = spec.describe()
@@ -204,7 +209,9 @@ class LabJackDriver(Instrument):
         )
         self._streaming = True
         self._scan = 0
-        self._clock = StreamClock(self.now_ns(), rate, max_offset_ns=self.max_clock_offset_ns)
+        t0 = self.stamp()
+        self._stream_clock = StreamClock(t0.t_ns, rate, max_offset_ns=self.max_clock_offset_ns)
+        self._step_unflagged = STEP in t0.flags
         self.health.count("stream_starts")
         self.health.set_gauge("scan_rate_hz", rate)
         for gauge in ("device_backlog", "ljm_backlog", "clock_offset_ms", "clock_drift_ppm"):
@@ -221,7 +228,7 @@ class LabJackDriver(Instrument):
             return []
         if wait > 0:
             time.sleep(wait)
-        t_ns = self.now_ns()
+        stamp = self.stamp()
         volts = self._call("eReadNames", self._ljm.eReadNames, len(self._ains), self._ains)
         period = 1.0 / self.rate_hz
         self._next_due += period
@@ -229,45 +236,52 @@ class LabJackDriver(Instrument):
         if self._next_due < now:  # fell behind by more than a period: skip, don't catch up in a burst
             self.health.count("command_overruns")
             self._next_due = now + period
-        reading = self._reading(t_ns, volts)
+        reading = self._reading(stamp.t_ns, volts, stamp.flags)
         return [] if reading is None else [reading]
 
     def _read_stream(self) -> list[Reading]:
-        assert self._clock is not None
+        assert self._stream_clock is not None
         data, device_backlog, ljm_backlog = self._call("eStreamRead", self._ljm.eStreamRead)
-        now = time.time_ns()
+        now = self._clock_health(self.clock.read())  # not a sample's stamp: the scans are older
+        if now.step_ns:
+            self._stream_clock.shift(now.step_ns)
+            self._step_unflagged = True
         n = len(self._fields)
         scans, rest = divmod(len(data), n)
         if rest:
             raise LabJackError(f"eStreamRead gave {len(data)} values for {n} channels")
-        stamps = self._clock.stamps(self._scan, scans, self._last_t_ns)
+        stamps = self._stream_clock.stamps(self._scan, scans, self.clock.last_ns)
+        unsynced = (UNSYNCED,) if UNSYNCED in now.flags else ()
         readings = []
         for j, t_ns in enumerate(stamps):
-            reading = self._reading(t_ns, data[j * n : (j + 1) * n])
+            flags = unsynced
+            if self._step_unflagged:
+                flags, self._step_unflagged = (STEP, *unsynced), False
+            reading = self._reading(t_ns, data[j * n : (j + 1) * n], flags)
             if reading is not None:
                 readings.append(reading)
         self._scan += scans
         if stamps:
-            self._last_t_ns = max(self._last_t_ns, stamps[-1])  # keeps now_ns() after the stream
-        self._stream_health(scans, device_backlog, ljm_backlog, now)
+            self.clock.issued(stamps[-1])  # keeps stamp() after the stream
+        self._stream_health(scans, device_backlog, ljm_backlog, now.t_ns)
         return readings
 
     def _stream_health(self, scans: int, device_backlog: int, ljm_backlog: int, now_ns: int) -> None:
-        assert self._clock is not None
+        assert self._stream_clock is not None
         h = self.health
         h.count("scans_read", scans)
         h.set_gauge("device_backlog", device_backlog)
         h.set_gauge("ljm_backlog", ljm_backlog)
         h.set_gauge("ljm_backlog_max", max(ljm_backlog, h.gauge("ljm_backlog_max") or 0))
-        reanchored = self._clock.observe(now_ns, self._scan + ljm_backlog + device_backlog)
-        offset, drift = self._clock.offset_ns, self._clock.drift_ppm
+        reanchored = self._stream_clock.observe(now_ns, self._scan + ljm_backlog + device_backlog)
+        offset, drift = self._stream_clock.offset_ns, self._stream_clock.drift_ppm
         if reanchored:
             h.count("clock_reanchors")
             log.info("instrument=labjack event=clock_reanchor offset_ns=%s drift_ppm=%s", offset, drift)
         h.set_gauge("clock_offset_ms", None if offset is None else round(offset / 1e6, 3))
         h.set_gauge("clock_drift_ppm", None if drift is None else round(drift, 2))
 
-    def _reading(self, t_ns: int, volts: list[float]) -> Reading | None:
+    def _reading(self, t_ns: int, volts: list[float], clock_flags: tuple[str, ...]) -> Reading | None:
         values: dict[str, float] = {}
         flags: list[str] = []
         for (name, calibration), v in zip(self._fields, volts, strict=True):
@@ -279,7 +293,7 @@ class LabJackDriver(Instrument):
             self.health.count("skipped_samples", len(flags))
         if not values:
             self.health.count("skipped_scans")
-        return Reading(t_ns, values, tuple(flags))
+        return Reading(t_ns, values, (*flags, *clock_flags))
 
     def _error(self, exc: Exception, doing: str) -> InstrumentError:
         error = translate(exc, self._code_names, doing)

@@ -2,7 +2,7 @@
 
 The policy:
 
-* A stream run starts at ``t0``, the Pi's clock (``Instrument.now_ns``) just after eStreamStart
+* A stream run starts at ``t0``, the acquisition clock (``Instrument.stamp``) just after eStreamStart
   returned. Scan k is stamped ``t0 + c + floor(k * 1e9 / rate)`` ns, where ``rate`` is the actual
   scan rate eStreamStart returned and ``c`` a correction, 0 at the start. The stamps come from the
   running scan counter, never from when a read returned: they are spaced by the T7's own crystal,
@@ -20,6 +20,8 @@ The policy:
   stamps stay strictly increasing, and a backward correction is spread over a few reads (each step
   counted).
   Within a read, spacing is always 1/rate.
+* A step of the Pi's wall clock (``instruments.clock``) is not drift: ``shift`` moves the stamps
+  and what was observed so far by the step, at once, forward or back.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ class StreamClock:
         base = self.t0_ns + self.correction_ns
         num, den = self._num, self._den
         return [base + k * num // den for k in range(first_scan, first_scan + count)]
+
+    def shift(self, step_ns: int) -> None:
+        """The acquisition clock stepped by ``step_ns``: so do the stamps, and the observations."""
+        self.correction_ns += step_ns
+        self._points = deque(((e, u + step_ns) for e, u in self._points), maxlen=self._points.maxlen)
 
     def observe(self, now_ns: int, scans_acquired: int) -> bool:
         """Compare with the Pi's clock after a read; True if this re-anchored."""

@@ -16,7 +16,9 @@ v0.6 may append `` XXXXXXXX#`` to any line: the CRC-32 of the bytes before that 
 upper-case hex. The ThingSet Zephyr SDK computes it with Zephyr's ``crc32_ieee`` (reflected
 polynomial 0xEDB88320, init and final XOR 0xFFFFFFFF), which is ``zlib.crc32``; it is verified here.
 
-Parsing never raises: what cannot be used comes back as ``Ignored`` with a reason.
+Parsing never raises: what cannot be used comes back as ``Ignored`` with a reason, also a line
+that Python's ``json`` cannot read although it is JSON (nested deeper than its recursion limit,
+an integer of more digits than ``int`` converts): a device, or anything on its line, can send one.
 """
 
 from __future__ import annotations
@@ -152,10 +154,15 @@ def _printf_constant(m: re.Match[str]) -> str:
 
 
 def _loads(text: str) -> Any:
-    """JSON as the device prints it: ``nan``/``inf`` (not JSON) become floats, ``NaN`` stays refused."""
-    if "nan" not in text and "inf" not in text:
-        return json.loads(text, parse_constant=_reject_constant)
-    return json.loads(_NON_FINITE.sub(_printf_constant, text), parse_constant=_CONSTANTS.__getitem__)
+    """JSON as the device prints it: ``nan``/``inf`` (not JSON) become floats, ``NaN`` stays refused.
+
+    Raises ValueError for anything it cannot read, nesting too deep for the decoder included."""
+    try:
+        if "nan" not in text and "inf" not in text:
+            return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(_NON_FINITE.sub(_printf_constant, text), parse_constant=_CONSTANTS.__getitem__)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def crc32(text: str) -> int:

@@ -25,10 +25,10 @@ Control: ``set_charging`` (the DC/DC converter, ``DcdcEn``), ``set_load_output``
 cannot do raises ``Unsupported`` before anything is sent.
 
 Counters (``health``), besides the link's and the base's: ``publications``; ``unknown_items``
-(distinct item names soclab does not map, each logged once); ``values_skipped`` (mapped items
-whose value was not a number or bool); ``invalid_values`` (nan/inf); ``empty_publications``,
-``unknown_channels``, ``readings_dropped``, ``identity_failures``; ``extra_reads`` and
-``extra_errors``.
+(distinct item names soclab does not map, each logged once, the first 1000 of them);
+``values_skipped`` (mapped items whose value was not a number or bool, or an integer beyond 64
+bits); ``invalid_values`` (nan/inf); ``empty_publications``, ``unknown_channels``,
+``readings_dropped``, ``identity_failures``; ``extra_reads`` and ``extra_errors``.
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ _LIMIT_ROLES = {
     "topping_cutoff_a": "topping_cutoff_a",
 }
 _INPUT_KEYS = {"load": "LoadEn", "usb": "UsbEn", "charging": "DcdcEn"}
+_LOGGED_MAX = 1000
 
 
 class MpptDriver(Instrument):
@@ -386,7 +387,7 @@ class MpptDriver(Instrument):
 
     # --- publications (called by the link, its lock held) ------------------------------------------
     def _on_publication(self, pub: Publication) -> None:
-        t_ns = self.now_ns()  # the line is complete now
+        stamp = self.stamp()  # the line is complete now
         count = self.health.count
         dialect = DIALECT_BY_CHANNEL.get(pub.channel)
         if dialect is None:
@@ -413,7 +414,7 @@ class MpptDriver(Instrument):
             self._readings.popleft()
             count("readings_dropped")
             self._log_once("readings_dropped", "reading buffer full (%d): oldest dropped", self.max_buffered)
-        self._readings.append(Reading(t_ns, mapped.values, mapped.flags))
+        self._readings.append(Reading(stamp.t_ns, mapped.values, mapped.flags + stamp.flags))
 
     # --- extras -----------------------------------------------------------------------------------
     def _add_extras(self, reading: Reading) -> Reading:
@@ -544,8 +545,10 @@ class MpptDriver(Instrument):
         return self.request_timeout_s if timeout is None else timeout
 
     def _log_once(self, key: str, message: str, *args: object) -> bool:
+        """Log once per key; at most ``_LOGGED_MAX`` keys are remembered (a line full of made-up
+        item names must not grow memory or flood the log), later ones are not logged."""
         with self._lock:
-            if key in self._logged:
+            if key in self._logged or len(self._logged) >= _LOGGED_MAX:
                 return False
             self._logged.add(key)
         log.warning("instrument=mppt " + message, *args)

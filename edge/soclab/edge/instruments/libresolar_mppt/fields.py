@@ -381,20 +381,36 @@ class Mapped:
         return tuple(f"invalid:{name}" for name in self.invalid)
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Nested groups to ``"Group/item"`` keys, the way ThingSet paths name them."""
-    for key, value in data.items():
-        path = f"{prefix}/{key}" if prefix else key
+def flatten(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Nested groups to ``"Group/item"`` keys, the way ThingSet paths name them (depth first, in
+    order; a loop rather than recursion, since a line may nest as deep as JSON lets it)."""
+    stack: list[Iterator[tuple[str, Any]]] = [iter(data.items())]
+    prefixes = [""]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            prefixes.pop()
+            continue
+        key, value = entry
+        path = f"{prefixes[-1]}{key}"
         if isinstance(value, Mapping):
-            yield from flatten(value, path)
+            stack.append(iter(value.items()))
+            prefixes.append(path + "/")
         else:
             yield path, value
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def sample_value(value: Any) -> Value | None:
-    """A value fit for a sample (bool stays bool, numbers stay numbers), else None."""
-    if isinstance(value, bool | int | float):
+    """A value fit for a sample (bool stays bool, numbers stay numbers), else None. An integer
+    must fit InfluxDB's 64 bits: a bigger one would be refused far from where it came from."""
+    if isinstance(value, bool | float):
         return value
+    if isinstance(value, int):
+        return value if value in _INT64 else None
     return None
 
 

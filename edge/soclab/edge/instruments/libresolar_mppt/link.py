@@ -13,7 +13,8 @@ which then takes it.
 The port comes from the ``SerialFactory`` the link is given (``serial.Serial`` in the lab, a
 transcript in tests). Counters (in the driver's ``Health``): ``lines_ignored`` (every line that
 gave nothing: banner, blank, half lines, and the malformed ones, which also count as
-``parse_errors``), ``requests``, ``request_errors``, ``unexpected_responses``.
+``parse_errors``, as does a line whose handling failed), ``requests``, ``request_errors``,
+``unexpected_responses``.
 """
 
 from __future__ import annotations
@@ -292,20 +293,24 @@ class ThingSetLink:
             self.lock.notify_all()
 
     def _feed(self, chunk: bytes) -> None:
-        """Split complete lines off the buffer and route them (lock held)."""
+        """Split complete lines off the buffer and route them (lock held). The lines leave the
+        buffer before any is routed: whatever happens to one line, it is never read twice."""
         buf = self._buf
         buf += chunk
+        lines: list[bytes | int] = []  # a line, or the size of one too long to look at
         start = 0
         while (end := buf.find(b"\n", start)) >= 0:
-            if end - start > self.max_line:
-                self._too_long(end - start)
-            else:
-                self._dispatch(bytes(buf[start:end]))
+            lines.append(end - start if end - start > self.max_line else bytes(buf[start:end]))
             start = end + 1
         del buf[:start]
         if len(buf) > self.max_line:  # no line end in sight: drop what we have
-            self._too_long(len(buf))
+            lines.append(len(buf))
             buf.clear()
+        for line in lines:
+            if isinstance(line, int):
+                self._too_long(line)
+            else:
+                self._dispatch(line)
 
     def _too_long(self, size: int) -> None:
         self.health.count("lines_ignored")
@@ -313,6 +318,16 @@ class ThingSetLink:
         log.warning("instrument=mppt event=line_too_long bytes=%d", size)
 
     def _dispatch(self, line: bytes) -> None:
+        """Route one line. A line whose handling fails for any reason is dropped, counted and
+        logged: one line must never stop the reading (issue 11, finding 6)."""
+        try:
+            self._route(line)
+        except Exception:
+            self.health.count("lines_ignored")
+            self.health.count("parse_errors")
+            log.exception("instrument=mppt event=line_failed line=%r", line[:200])
+
+    def _route(self, line: bytes) -> None:
         message = codec.parse_line(line)
         if isinstance(message, Publication):
             self._on_publication(message)
