@@ -40,7 +40,8 @@ DASHBOARD = (
     Path(__file__).parents[2] / "cloud" / "soclab" / "cloud" / "grafana" / "dashboards" / "lab-overview.json"
 )
 
-pytestmark = pytest.mark.slow
+# The run alone takes about 140 s of real time; every wait after it is bounded on its own.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 RUN = "r-two-cycles"
 CONFIRM_S = 0.3
