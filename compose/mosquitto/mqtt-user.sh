@@ -9,14 +9,18 @@
 #                                  health check), from compose/secrets/
 #   mqtt-user.sh monitor NAME [FILE]  a read-only account monitor/NAME: its ACL block, then `set`
 #   mqtt-user.sh acl-monitor NAME  only the ACL block of monitor/NAME (no broker needed)
+#   mqtt-user.sh operator NAME [FILE]  an account operator/NAME that commands every device and
+#                                  run controller: its ACL block, then `set`
+#   mqtt-user.sh acl-operator NAME only the ACL block of operator/NAME (no broker needed)
 #   mqtt-user.sh bridge N [FILE]   a bridge replica's account soclab-bridge-N: ACL block, then `set`
 #   mqtt-user.sh acl-bridge N      only the ACL block of soclab-bridge-N (no broker needed)
 #
 # A device's USER is its topic prefix, e.g. lab1/pi-01/mppt (the ACL keys on it). A monitor
-# (soclab watch) is monitor/NAME; the ACL lists each monitor (config/acl, "monitors"), and each
-# bridge replica ("bridge replicas"; the replica runs with [bridge] id = N).
+# (soclab watch) is monitor/NAME, an operator (soclab run, soclab cmd) operator/NAME, a bridge
+# replica soclab-bridge-N (it runs with [bridge] id = N); the ACL lists each of them (config/acl,
+# "monitors", "operators" and "bridge replicas").
 set -eu
-usage() { sed -n '4,17p' "$script"; exit 2; }
+usage() { sed -n '4,21p' "$script"; exit 2; }
 script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 compose_dir="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$compose_dir"
@@ -35,68 +39,64 @@ reload() {
 }
 
 acl=mosquitto/config/acl
-monitor_marker='# monitors:'
 
-monitor_name() { # NAME is a topic level: lower-case letters, digits, - and _
-    printf '%s' "$1" | grep -Eq '^[a-z0-9][a-z0-9_-]{0,62}$' || {
-        echo "monitor name '$1' must be [a-z0-9][a-z0-9_-]* (it becomes monitor/$1)" >&2
+role_name() { # ROLE NAME: NAME is a topic level: lower-case letters, digits, - and _
+    printf '%s' "$2" | grep -Eq '^[a-z0-9][a-z0-9_-]{0,62}$' || {
+        echo "$1 name '$2' must be [a-z0-9][a-z0-9_-]* (it becomes $(role_user "$1" "$2"))" >&2
         exit 2
     }
 }
 
-grant_monitor() { # the ACL block of monitor/NAME below the marker line, once
-    monitor_name "$1"
-    grep -q "^$monitor_marker\$" "$acl" || { echo "$acl has no '$monitor_marker' line" >&2; exit 1; }
-    if grep -qx "user monitor/$1" "$acl"; then
-        echo "monitor/$1 is already in $acl"
-        return
-    fi
-    tmp_acl="$(mktemp)"
-    awk -v marker="$monitor_marker" -v name="$1" '
-        { print }
-        $0 == marker {
-            print "user monitor/" name
-            print "topic read soclab/#"
-            print "topic read soclab-bridge/+/status"
-            print "topic read soclab-bridge/+/deadletter"
-            print "topic deny soclab/monitor/" name "/#"
-            print ""
-        }' "$acl" > "$tmp_acl"
-    cat "$tmp_acl" > "$acl" && rm -f "$tmp_acl"
-    echo "monitor/$1 added to $acl (commit it where the stack is deployed from)"
+role_user() { # ROLE NAME: the account's user name
+    case "$1" in
+        bridge) echo "soclab-bridge-$2" ;;
+        *) echo "$1/$2" ;;
+    esac
 }
 
-bridge_marker='# bridge replicas:'
-
-grant_bridge() { # the ACL block of soclab-bridge-N below the marker line, once
-    printf '%s' "$1" | grep -Eq '^[a-z0-9][a-z0-9_-]{0,62}$' || {
-        echo "replica name '$1' must be [a-z0-9][a-z0-9_-]* (the bridge's id; account soclab-bridge-$1)" >&2
-        exit 2
-    }
-    grep -q "^$bridge_marker\$" "$acl" || { echo "$acl has no '$bridge_marker' line" >&2; exit 1; }
-    if grep -qx "user soclab-bridge-$1" "$acl"; then
-        echo "soclab-bridge-$1 is already in $acl"
-        return
-    fi
-    tmp_acl="$(mktemp)"
-    awk -v marker="$bridge_marker" -v name="$1" '
-        { print }
-        $0 == marker {
-            print "user soclab-bridge-" name
-            print "topic read soclab/+/+/+/data"
-            print "topic read soclab/+/+/+/status"
-            print "topic read soclab/+/+/+/replay"
-            print "topic write soclab/+/+/+/deadletter"
-            print "topic write soclab/+/+/+/stored"
-            print "topic write soclab/+/+/+/replay/stored"
-            print "topic write soclab-bridge/" name "/#"
-            print ""
-        }' "$acl" > "$tmp_acl"
-    cat "$tmp_acl" > "$acl" && rm -f "$tmp_acl"
-    echo "soclab-bridge-$1 added to $acl (commit it where the stack is deployed from)"
+role_marker() { # ROLE: the ACL line below which its blocks go
+    case "$1" in
+        bridge) echo "# bridge replicas:" ;;
+        *) echo "# $1s:" ;;
+    esac
 }
 
-revoke_block() { # remove the block of USER: its user line, topic lines and blank line
+role_lines() { # ROLE NAME: the topic lines of ROLE/NAME's block
+    case "$1" in
+        monitor) printf '%s\n' "topic read soclab/#" "topic read soclab-bridge/+/status" \
+                     "topic read soclab-bridge/+/deadletter" "topic deny soclab/monitor/$2/#" ;;
+        operator) printf '%s\n' "topic write soclab/+/+/+/cmd" "topic write soclab/+/+/+/replay" "topic read soclab/#" \
+                      "topic read soclab-bridge/+/status" "topic read soclab-bridge/+/deadletter" \
+                      "topic deny soclab/operator/$2/#" ;;
+        # a replica reads and confirms like soclab-bridge, and writes only its own status tree
+        bridge) printf '%s\n' "topic read soclab/+/+/+/data" "topic read soclab/+/+/+/status" \
+                    "topic read soclab/+/+/+/journal" "topic read soclab/+/+/+/cmd/result" \
+                    "topic read soclab/+/+/+/replay" "topic write soclab/+/+/+/deadletter" \
+                    "topic write soclab/+/+/+/stored" "topic write soclab/+/+/+/replay/stored" \
+                    "topic write soclab-bridge/$2/#" ;;
+    esac
+}
+
+grant() { # ROLE NAME: the ACL block of ROLE's account NAME below ROLE's marker line, once
+    role_name "$1" "$2"
+    marker="$(role_marker "$1")"
+    user="$(role_user "$1" "$2")"
+    grep -q "^$marker\$" "$acl" || { echo "$acl has no '$marker' line" >&2; exit 1; }
+    if grep -qx "user $user" "$acl"; then
+        echo "$user is already in $acl"
+        return
+    fi
+    tmp_lines="$(mktemp)"
+    { echo "user $user"; role_lines "$1" "$2"; echo; } > "$tmp_lines"
+    tmp_acl="$(mktemp)"
+    awk -v marker="$marker" -v block="$tmp_lines" '
+        { print }
+        $0 == marker { while ((getline line < block) > 0) print line }' "$acl" > "$tmp_acl"
+    cat "$tmp_acl" > "$acl" && rm -f "$tmp_acl" "$tmp_lines"
+    echo "$user added to $acl (commit it where the stack is deployed from)"
+}
+
+revoke() { # remove the block of USER: its user line, topic lines and blank line
     tmp_acl="$(mktemp)"
     awk -v user="user $1" '
         $0 == user { skipping = 1; next }
@@ -133,31 +133,20 @@ case "${1:-}" in
         ;;
     delete)
         [ $# -eq 2 ] || usage
-        case "$2" in monitor/* | soclab-bridge-*) revoke_block "$2" ;; esac
+        case "$2" in monitor/* | operator/* | soclab-bridge-*) revoke "$2" ;; esac
         in_broker "mosquitto_passwd -D /mosquitto/passwd/passwd \"\$1\" && $fix_owner" "$2" < /dev/null
         reload
         ;;
-    monitor)
+    monitor|operator|bridge)
         [ $# -ge 2 ] || usage
-        grant_monitor "$2"
-        name="$2"
+        grant "$1" "$2"
+        user="$(role_user "$1" "$2")"
         shift 2
-        set_user "monitor/$name" "$@"
+        set_user "$user" "$@"
         ;;
-    acl-monitor)
+    acl-monitor|acl-operator|acl-bridge)
         [ $# -eq 2 ] || usage
-        grant_monitor "$2"
-        ;;
-    bridge)
-        [ $# -ge 2 ] || usage
-        grant_bridge "$2"
-        name="$2"
-        shift 2
-        set_user "soclab-bridge-$name" "$@"
-        ;;
-    acl-bridge)
-        [ $# -eq 2 ] || usage
-        grant_bridge "$2"
+        grant "${1#acl-}" "$2"
         ;;
     services)
         set_password soclab-bridge secrets/mqtt_bridge_password

@@ -50,6 +50,7 @@ INSTRUMENTS: list[dict[str, Any]] = [
 ]
 BROKER = "broker.lab9.test"
 UNITS = [f"soclab-publisher@{i['device']}.service" for i in INSTRUMENTS]
+RUN = f"{SITE}/{HOST}/run"  # the run controller's account (a load and a charger are attached)
 
 
 def user(device: str) -> str:
@@ -80,10 +81,10 @@ def converged(tmp_path_factory: pytest.TempPathFactory, pki) -> Iterator[Converg
         project = Project.create(folder)
         sources = snapshot_sources(folder / "sources")
         accounts = {}
-        for i in INSTRUMENTS:
-            pem = pki("client", user(i["device"]))
-            accounts[user(i["device"])] = {
-                "password": f"pw-{i['device']}-x",
+        for device in [i["device"] for i in INSTRUMENTS] + ["run"]:
+            pem = pki("client", user(device))
+            accounts[user(device)] = {
+                "password": f"pw-{device}-x",
                 "tls_cert": pem["cert"],
                 "tls_key": pem["key"],
             }
@@ -278,6 +279,7 @@ def expected_config(instrument: dict[str, Any]) -> dict[str, Any]:
             "sync": "full",
         },
         "status": {"interval_s": 5.0},
+        "control": {"socket": "/run/soclab/{device}.sock"},
     }
 
 
@@ -331,6 +333,72 @@ def test_the_publisher_accepts_its_configuration_as_the_service_user(converged: 
         ]
 
 
+def test_the_run_controller_is_installed_enabled_and_configured(converged: Converged) -> None:
+    """A load and a charger are attached, so runs are on: soclab-run.service with its settings,
+    account and journal; it loads its configuration as the service user."""
+    root = converged.target.path
+    assert (root / "etc/systemd/system/multi-user.target.wants/soclab-run.service").is_symlink()
+    result = converged.target.run(["systemd-analyze", "verify", "soclab-run.service"], check=False)
+    assert result.returncode == 0, result.stderr
+    assert not result.stderr.strip(), "systemd-analyze verify warned"
+    result = converged.target.run(
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=true",
+            "--threshold=30",
+            "--no-pager",
+            "soclab-run.service",
+        ],
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    unit = (root / "etc/systemd/system/soclab-run.service").read_text().splitlines()
+    for line in (
+        "ExecStart=/opt/soclab/venv/bin/soclab-run --config /etc/soclab/run.toml",
+        "User=soclab",
+        "Restart=on-failure",
+        "RestartSec=1",
+        "RuntimeDirectory=soclab",
+        "RuntimeDirectoryPreserve=yes",
+        "ReadWritePaths=/var/lib/soclab/run",
+        "KillSignal=SIGTERM",
+    ):
+        assert line in unit, line
+    publisher = (root / "etc/systemd/system/soclab-publisher@.service").read_text().splitlines()
+    assert "RuntimeDirectory=soclab" in publisher
+    assert "RestartSec=1" in publisher
+    files = f"/etc/soclab/secrets/{RUN.replace('/', '.')}"
+    assert tomllib.loads((root / "etc/soclab/run.toml").read_text()) == {
+        "log_level": "INFO",
+        "source": {"site": SITE, "node": HOST},
+        "mqtt": {"host": BROKER, "port": 8883, "username": RUN, "password_file": f"{files}.password",
+                 "keepalive_s": 30, "tls_ca": "/etc/soclab/tls/ca.crt", "tls_cert": f"{files}.crt",
+                 "tls_key": f"{files}.key"},
+        "run": {"socket": "/run/soclab/{device}.sock"},
+        "journal": {"path": "/var/lib/soclab/run/journal.sqlite"},
+    }  # fmt: skip
+    assert Path(f"{root}{files}.password").read_text() == converged.accounts[RUN]["password"] + "\n"
+    journal = root / "var/lib/soclab/run"
+    assert journal.is_dir()
+    assert journal.stat().st_mode & 0o777 == 0o750
+    script = (
+        "from soclab.edge.runs import config as c\n"
+        "cfg = c.load('/etc/soclab/run.toml', env={})\n"
+        "print(cfg.topic, cfg.run.socket_path('eload'), cfg.journal.path, cfg.mqtt.password)\n"
+    )
+    result = converged.target.run(
+        ["runuser", "-u", "soclab", "--", "/opt/soclab/venv/bin/python", "-c", script], check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        f"soclab/{SITE}/{HOST}/run/cmd",
+        "/run/soclab/eload.sock",
+        "/var/lib/soclab/run/journal.sqlite",
+        converged.accounts[RUN]["password"],
+    ]
+
+
 def test_service_account_spool_journal_and_clock(converged: Converged) -> None:
     root = converged.target.path
     ids = converged.target.run(["id", "soclab"]).stdout
@@ -351,7 +419,7 @@ def test_service_account_spool_journal_and_clock(converged: Converged) -> None:
 def test_nothing_was_started_in_the_chroot(converged: Converged) -> None:
     """systemd is not running there: the role must have skipped every start, restart and reload."""
     output = converged.first.output
-    started = "Start chrony, the publishers and the link watchdog"
+    started = "Start chrony, the publishers, the run controller and the link watchdog"
     for task in (started, "Read the clock's synchronisation status"):
         block = output.split(f"TASK [soclab_edge : {task}]", 1)[1].split("TASK [", 1)[0]
         assert "skipping:" in block, block

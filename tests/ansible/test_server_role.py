@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ SERVER = "soclab-server"
 SITE = "lab3"
 EDGE = {"pi-03": ["mppt", "eload"], "pi-04.lab3.test": ["labjack"]}
 DEVICES = [f"{SITE}/{host.split('.')[0]}/{device}" for host, devices in EDGE.items() for device in devices]
+DEVICES.append(f"{SITE}/pi-03/run")  # the run controller of the node with a load and a charger
 SERVICES = ["soclab-bridge", "soclab-telegraf", "soclab-health"]
-MONITORS = ["monitor/alice"]  # a read-only account (soclab watch), granted in the deployed ACL
+# A read-only account (soclab watch) and one that commands (soclab run), granted in the deployed ACL.
+MONITORS = ["monitor/alice", "operator/bob"]
 COMPOSE = "/opt/soclab/compose"
 STACK_SECRETS = {
     "influxdb_admin_password": "influx-admin-password-0123456789",
@@ -78,13 +81,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, pki) -> Iterator[Server]:
             # What the server deploys besides schemas/ and edge/ (ignored files of a developer's
             # checkout, such as compose/.env or compose/pki/, are left out as the role would).
             subprocess.run(["cp", "-a", str(REPO / name), str(sources / name)], check=True)
-        for monitor in MONITORS:  # as the lab does before deploying: the monitor's ACL block
-            grant = [
-                "sh",
-                str(sources / "compose/mosquitto/mqtt-user.sh"),
-                "acl-monitor",
-                monitor.split("/")[1],
-            ]
+        for monitor in MONITORS:  # as the lab does before deploying: the monitor's (operator's) ACL block
+            role, name = monitor.split("/")
+            grant = ["sh", str(sources / "compose/mosquitto/mqtt-user.sh"), f"acl-{role}", name]
             subprocess.run(grant, check=True, capture_output=True, timeout=30)
         accounts: dict[str, dict[str, str]] = {}
         for user in DEVICES + SERVICES + MONITORS:
@@ -233,10 +232,14 @@ def test_the_copied_tree_is_the_checkouts_without_private_files(server: Server) 
     compose = server.path(COMPOSE)
     assert (compose / "compose.yaml").read_bytes() == (REPO / "compose/compose.yaml").read_bytes()
     deployed_acl = (compose / "mosquitto/config/acl").read_text()
-    assert deployed_acl.startswith((REPO / "compose/mosquitto/config/acl").read_text())  # + the monitors
-    assert [line for line in deployed_acl.splitlines() if line.startswith("user monitor/")] == [
-        f"user {m}" for m in MONITORS
+    granted = [
+        line for line in deployed_acl.splitlines() if line.startswith(("user monitor/", "user operator/"))
     ]
+    assert sorted(granted) == sorted(f"user {m}" for m in MONITORS)
+    committed = deployed_acl  # the checkout's ACL and the blocks mqtt-user.sh added, nothing else
+    for block in re.findall(r"^user (?:monitor|operator)/.*\n(?:topic .*\n)*\n", deployed_acl, re.MULTILINE):
+        committed = committed.replace(block, "", 1)
+    assert committed == (REPO / "compose/mosquitto/config/acl").read_text()
     assert (server.path("/opt/soclab/cloud/pyproject.toml")).exists()
     assert (server.path("/opt/soclab/requirements/constraints.txt")).exists()
     for folder in ("compose", "cloud", "schemas", "requirements"):

@@ -100,6 +100,8 @@ def test_mqtt_user_sh_grants_a_replica_once_below_the_acls_replicas_line(tmp_pat
         "user soclab-bridge-7",
         "topic read soclab/+/+/+/data",
         "topic read soclab/+/+/+/status",
+        "topic read soclab/+/+/+/journal",
+        "topic read soclab/+/+/+/cmd/result",
         "topic read soclab/+/+/+/replay",
         "topic write soclab/+/+/+/deadletter",
         "topic write soclab/+/+/+/stored",

@@ -5,8 +5,13 @@ validates against them and names topics. Edge and cloud both depend on it, nothi
 """
 
 from soclab.wire.messages import (
+    CMD_RESULT_SCHEMA,
+    CMD_SCHEMA,
     DATA_SCHEMA,
     DEADLETTER_SCHEMA,
+    JOURNAL_SCHEMA,
+    RUN_SCHEMA,
+    RUN_STATUS_SCHEMA,
     STATUS_SCHEMA,
     STORED_SCHEMA,
     InvalidMessage,
@@ -17,8 +22,13 @@ from soclab.wire.messages import (
 from soclab.wire.topics import Topic, TopicError
 
 __all__ = [
+    "CMD_RESULT_SCHEMA",
+    "CMD_SCHEMA",
     "DATA_SCHEMA",
     "DEADLETTER_SCHEMA",
+    "JOURNAL_SCHEMA",
+    "RUN_SCHEMA",
+    "RUN_STATUS_SCHEMA",
     "STATUS_SCHEMA",
     "STORED_SCHEMA",
     "InvalidMessage",

@@ -24,12 +24,22 @@ DATA_SCHEMA = "soclab.data/1"
 STATUS_SCHEMA = "soclab.status/1"
 DEADLETTER_SCHEMA = "soclab.deadletter/1"
 STORED_SCHEMA = "soclab.stored/1"
+CMD_SCHEMA = "soclab.cmd/1"
+CMD_RESULT_SCHEMA = "soclab.cmd.result/1"
+RUN_SCHEMA = "soclab.run/1"
+RUN_STATUS_SCHEMA = "soclab.run.status/1"
+JOURNAL_SCHEMA = "soclab.journal/1"
 
 _FILES = {
     DATA_SCHEMA: "data.v1.json",
     STATUS_SCHEMA: "status.v1.json",
     DEADLETTER_SCHEMA: "deadletter.v1.json",
     STORED_SCHEMA: "stored.v1.json",
+    CMD_SCHEMA: "cmd.v1.json",
+    CMD_RESULT_SCHEMA: "cmd-result.v1.json",
+    RUN_SCHEMA: "run.v1.json",
+    RUN_STATUS_SCHEMA: "run-status.v1.json",
+    JOURNAL_SCHEMA: "journal.v1.json",
 }
 
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 ROOT = "soclab"
 # replay, replay/stored: recorded data published by ``soclab replay`` and its confirmations, a
-# path of its own so that the bridge keeps old time stamps out of live checks and lag.
-KINDS = ("data", "status", "stored", "deadletter", "cmd", "cmd/result", "replay", "replay/stored")
+# path of its own so that the bridge keeps old time stamps out of live checks and lag. journal:
+# a node's run controller's journal (device ``run``), confirmed on ``stored`` like data.
+KINDS = ("data", "status", "stored", "deadletter", "cmd", "cmd/result", "replay", "replay/stored", "journal")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 

@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("soclab.tools.analysis.export", "a run or time range as BDF CSV and Parquet"),
     "report": ("soclab.tools.analysis.report", "a self-contained HTML (and PNG) report of a run"),
+    "run": (
+        "soclab.tools.runs.cli",
+        "runs on a node: check, start, status, stop; cmd: one instrument command",
+    ),
     "watch": ("soclab.tools.watch.cli", "live monitor: devices, bridges, alerts (--json, --status)"),
 }
 

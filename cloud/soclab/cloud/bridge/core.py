@@ -29,7 +29,8 @@ Rules it keeps:
   may end partly stored: its device is told exactly which samples are stored and which are
   dead-lettered, and the dead letter says which were refused and why.
 - **Confirmations**: after each write, one ``soclab.stored/1`` message per device (on ``stored``,
-  or ``replay/stored`` for a replay) names the sequence numbers now stored or dead-lettered.
+  or ``replay/stored`` for a replay) names the sequence numbers now stored or dead-lettered; a run
+  controller's journal (``runs``: run events and command results) is confirmed the same way.
 - **Telemetry**: a record of what was stored and dead-lettered is taken at most every
   ``telemetry_interval_s`` (a busy fleet would otherwise add a point per device to every write)
   and at stop; it rides on the next data write, or goes alone when no data follows; its lines keep
@@ -49,6 +50,7 @@ from typing import Protocol
 
 import msgspec
 
+from soclab.cloud.bridge import runs
 from soclab.cloud.bridge.deadletter import dead_letter
 from soclab.cloud.bridge.intake import Accepted, Intake, Rejected, merge_ranges, seq_ranges
 from soclab.cloud.bridge.telemetry import Delivered, Telemetry, device_of, status_lines
@@ -189,6 +191,7 @@ class _Entry:
 
     received: Received
     accepted: Accepted | None = None  # a data message's points
+    confirm: tuple[str, list[list[int]]] | None = None  # a run journal's: (topic, its records' seqs)
     body: bytes = b""  # its line protocol (data or status)
     points: int = 0
     resolved: bool = False  # written, dead-lettered or stale: its room in the window is free
@@ -263,7 +266,11 @@ class Core:
             return
         self._ledger.append(entry)
         try:
-            if received.topic.endswith("/status"):
+            if runs.is_run_topic(received.topic):  # a run journal, a command result, a run status
+                lines, ranges = runs.lines(received.topic, received.payload)
+                entry.body, entry.points = "\n".join(lines).encode(), len(lines)
+                entry.confirm = (runs.confirmations(received.topic), ranges) if ranges else None
+            elif received.topic.endswith("/status"):
                 entry.body = "\n".join(status_lines(received.topic, received.payload)).encode()
                 entry.points = 1
             else:
@@ -445,7 +452,7 @@ class Core:
         self.counters.add("points_written", sum(e.points for e in job.entries))
         for entry in job.entries:
             self._written(entry)
-        self._confirm([e for e in job.entries if e.accepted], "stored")
+        self._confirm([e for e in job.entries if e.accepted or e.confirm], "stored")
 
     def _written(self, entry: _Entry) -> None:
         entry.written = True
@@ -512,8 +519,10 @@ class Core:
         refused = sorted(entry.refused)
         self.counters.add("points_refused", len(refused))
         accepted = entry.accepted
-        if accepted is None:  # a status message: one point
+        if accepted is None:  # a status message (one point) or a run's: dead-lettered whole
             self._dead_letter(entry, f"InfluxDB refused the points: {entry.refusal}")
+            if entry.confirm is not None:  # the run controller stops sending them again
+                self._publish_confirmation(entry.confirm[0], {"dead_lettered": entry.confirm[1]})
             return
         refused_set = set(refused)
         stored = [seq for i, seq in enumerate(accepted.seqs) if i not in refused_set]
@@ -553,6 +562,8 @@ class Core:
             accepted = entry.accepted
             if accepted is not None:
                 by_topic[accepted.where.confirmations].extend((a, b) for a, b in accepted.ranges)
+            elif entry.confirm is not None:
+                by_topic[entry.confirm[0]].extend((a, b) for a, b in entry.confirm[1])
         for topic, ranges in by_topic.items():
             self._publish_confirmation(topic, {outcome: merge_ranges(ranges)})
 

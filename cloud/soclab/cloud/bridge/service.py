@@ -1,7 +1,8 @@
 """The bridge: MQTT data messages in, InfluxDB points out, each message acknowledged once stored.
 
 The MQTT session is persistent (fixed client id, MQTT 3.1.1 ``clean_session=False``, QoS 1
-subscriptions to ``data``, ``replay`` and ``status`` of every device of ``site``) and paho runs
+subscriptions to ``data``, ``replay``, ``status``, and the runs' ``journal`` and ``cmd/result``
+(``runs``), of every device of ``site``) and paho runs
 with ``manual_ack=True``: a message is acknowledged only after its points were written (or after
 it was dead-lettered), so the broker keeps it, and redelivers it after a crash or reconnect. What
 is written, when, and what is acknowledged is decided by ``core`` (delivery rules there), what is
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from soclab.cloud.bridge import runs
 from soclab.cloud.bridge.config import BridgeConfig
 from soclab.cloud.bridge.connection import MqttBroker, Window
 from soclab.cloud.bridge.core import (
@@ -98,7 +100,7 @@ class Bridge:
         self.config = c = config.check()
         # Replicas sharing the data: Mosquitto hands each message to one member of the group.
         share = f"$share/{c.share}/" if c.share else ""
-        kinds = ("data", "replay", "status")
+        kinds = ("data", "replay", "status", *runs.KINDS)  # runs: the journals, command results
         self.subscriptions = [share + Topic.subscription(kind, c.site) for kind in kinds]
         self.status_topic = bridge_topic(c.id, "status")
         self.consumer = bridge_consumer(c.id)

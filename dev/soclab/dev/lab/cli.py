@@ -5,6 +5,12 @@ write shim in front, see ``soclab.dev.localservices.v2shim``) with their data un
 ``var/lab/``, the simulated lab (battery + instruments on pseudo-terminals), one publisher per
 instrument and the bridge. A settings file (``--config``, see ``lab.example.toml``) points it at
 real instruments, a real broker or a real InfluxDB 2 instead.
+
+``--run FILE`` starts a run on the lab (``dev/soclab/dev/lab/two-cycles.toml`` is an example):
+the publishers then host their instruments' control, the node's run controller runs, the
+simulated lab offers the charger a bench supply (profile ``supply:10``) and leaves the load to
+the run, and its battery is small (``[simulation] capacity_ah``, 0.05 Ah) so a cycle takes about
+a minute. The run file is checked before anything starts; the live view shows the run.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from soclab.dev.localservices.influxdb import InfluxDB1
 from soclab.dev.localservices.mosquitto import Mosquitto
 from soclab.dev.localservices.v2shim import V2WriteShim
 from soclab.edge.instruments import KINDS, kinds
+from soclab.tools.runs.cli import command_message, issuer, send
+from soclab.tools.runs.runfile import RunFileError
+from soclab.tools.runs.runfile import load as load_run
 from soclab.wire import logs
 from soclab.wire.mqtt import MqttSettings
 
@@ -38,6 +47,8 @@ log = logging.getLogger("soclab.dev.lab")
 
 INSTRUMENTS = kinds()  # the registry's (soclab.edge.instruments)
 LOCAL_DB = "soclab"
+RUN_PROFILE = "supply:10"  # a bench supply behind the charger; the load is the run's
+RUN_CAPACITY_AH = 0.05
 
 
 @dataclass
@@ -65,6 +76,13 @@ class LabSettings:
                 raise ValueError(f"{path}: unknown instrument {name!r}; known: {', '.join(INSTRUMENTS)}")
         return settings
 
+    def check_for_runs(self) -> None:
+        """A run needs the simulated load left to it: a profile that works its front panel cannot run."""
+        profile = str(self.simulation.get("profile", RUN_PROFILE))
+        if not (profile.startswith("supply:") or profile == "none"):
+            why = "works the load by hand; a run needs supply:<amps> or none"
+            raise ValueError(f"[simulation] profile = {profile!r} {why}")
+
     def simulated(self) -> list[str]:
         """Instruments with neither a real port nor a publisher configuration of their own."""
         return [
@@ -80,10 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--var", type=Path, default=Path("var/lab"), help="data, logs and devices go here")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
     parser.add_argument("--fresh", action="store_true", help="delete the previous run's data first")
+    parser.add_argument(
+        "--run", type=Path, help="start this run file on the lab (e.g. dev/soclab/dev/lab/two-cycles.toml)"
+    )
     args = parser.parse_args(argv)
     logs.configure("INFO", "text")
     try:
         settings = LabSettings.load(args.config)
+        run = load_run(args.run) if args.run else None
+        if run is not None:
+            settings.check_for_runs()
+    except RunFileError as exc:
+        print(f"make lab: the run file cannot be run (nothing was started): {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
         print(f"make lab: bad settings: {exc}", file=sys.stderr)
         return 2
@@ -98,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     var = args.var.resolve()
-    with run_lab(settings, var) as (view, children):
+    with run_lab(settings, var, runs=run is not None) as (view, children):
+        if run is not None and not start_run(settings, view.settings, run):
+            return 1
         deadline = time.monotonic() + args.duration if args.duration else None
         next_query = 0.0
         while not stop_requested and (deadline is None or time.monotonic() < deadline):
@@ -116,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LabView, Children]]:
-    """Start everything in order; stop it all in reverse order, whatever happens."""
+def run_lab(settings: LabSettings, var: Path, *, runs: bool = False) -> Iterator[tuple[LabView, Children]]:
+    """Start everything in order; stop it all in reverse order, whatever happens. ``runs``: the
+    publishers host their instruments' control and the run controller runs."""
     children = Children(var / "logs")
     with contextlib.ExitStack() as stack:
         broker_host, broker_port = _broker(settings, var, stack)
@@ -139,9 +169,13 @@ def run_lab(settings: LabSettings, var: Path) -> Iterator[tuple[LabView, Childre
         )
         edge = settings.edge_mqtt
         env = _publisher_env(settings, var, edge.get("host", broker_host), int(edge.get("port", broker_port)))
-        _start_simulated_lab(settings, var, children, env)
+        _start_simulated_lab(settings, var, children, env, runs=runs)
+        if runs:  # each publisher hosts its instrument's control; the LabJack reads every 0.1 s
+            env = {**env, "SOCLAB_CONTROL_SOCKET": str(var / "control" / "{device}.sock")}
         for name, table in settings.instruments.items():
-            _start_publisher(name, table, var, children, env)
+            _start_publisher(name, table, var, children, env, runs=runs)
+        if runs:
+            _start_run_controller(var, children, env)
         view = LabView(_view_mqtt(settings, broker_host, broker_port), stored_counts)
         view.start()
         stack.callback(view.stop)
@@ -202,9 +236,13 @@ def _publisher_env(settings: LabSettings, var: Path, host: str, port: int) -> di
     return env
 
 
-def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, env: dict[str, str]) -> None:
+def _start_simulated_lab(
+    settings: LabSettings, var: Path, children: Children, env: dict[str, str], *, runs: bool
+) -> None:
     wire = [n for n in settings.simulated() if KINDS[n].simulator]
     sim = settings.simulation
+    profile = sim.get("profile", RUN_PROFILE if runs else "lab-evening")
+    capacity = sim.get("capacity_ah", RUN_CAPACITY_AH if runs else 9.0)
     args = [
         "-m",
         "soclab.dev.sim",
@@ -215,7 +253,9 @@ def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, e
         "--state-file",
         str(var / "battery.state"),
         "--profile",
-        str(sim.get("profile", "lab-evening")),
+        str(profile),
+        "--capacity-ah",
+        str(capacity),
         "--speed",
         str(sim.get("speed", 1.0)),
         "--mppt-dialect",
@@ -236,7 +276,13 @@ def _start_simulated_lab(settings: LabSettings, var: Path, children: Children, e
 
 
 def _start_publisher(
-    name: str, table: dict[str, Any], var: Path, children: Children, env: dict[str, str]
+    name: str,
+    table: dict[str, Any],
+    var: Path,
+    children: Children,
+    env: dict[str, str],
+    *,
+    runs: bool = False,
 ) -> None:
     config = table.get("config") or files("soclab.dev.lab") / "publishers" / f"{name}.toml"
     extra = dict(env)
@@ -246,8 +292,42 @@ def _start_publisher(
         extra["SOCLAB_INSTRUMENT_PORT"] = table.get("port") or str(var / "dev" / name)
     elif KINDS[name].transport == "ljm":  # the LJM stand-in, fed by the simulated lab's battery
         extra["SOCLAB_INSTRUMENT_STANDIN__BATTERY_FILE"] = str(var / "battery.state")
+        if runs:  # the reference judges the run's limits: a reading every 0.1 s, not 0.5 s
+            extra["SOCLAB_INSTRUMENT_SCANS_PER_READ"] = "10"
     extra.update(table.get("env", {}))  # this publisher's own (e.g. its account on a real broker)
     children.start(name, ["-m", "soclab.edge.publisher", "--config", str(config)], env=extra)
+
+
+def _start_run_controller(var: Path, children: Children, env: dict[str, str]) -> None:
+    """The node's run controller (``run.toml`` beside this module), its journal under ``var``."""
+    run_env = {key: value for key, value in env.items() if key.startswith(("SOCLAB_SOURCE_", "SOCLAB_MQTT_"))}
+    run_env["SOCLAB_RUN_SOCKET"] = str(var / "control" / "{device}.sock")
+    run_env["SOCLAB_JOURNAL_PATH"] = str(var / "run" / "journal.sqlite")
+    config = files("soclab.dev.lab") / "run.toml"
+    children.start("run", ["-m", "soclab.edge.runs", "--config", str(config)], env=run_env)
+
+
+def start_run(settings: LabSettings, mqtt_settings: MqttSettings, document: dict[str, Any]) -> bool:
+    """Send the run to the lab's run controller as an operator would; say what it answered."""
+    target = (settings.site, settings.node, "run")
+    deadline = time.monotonic() + 30  # the publishers open their instruments, the controller connects
+    while True:
+        message = command_message(
+            target, "start", {"run": document}, issuer=issuer(mqtt_settings), expires_s=30
+        )
+        result = send(mqtt_settings, message, wait_s=10)
+        if result is not None and result["outcome"] == "done":
+            follow = f"soclab run status --node {settings.site}/{settings.node} --follow"
+            print(
+                f"run {document['id']} started ({document['name']}): follow it below, or `{follow}`",
+                flush=True,
+            )
+            return True
+        if time.monotonic() >= deadline:
+            why = "no answer" if result is None else f"{result['outcome']}: {result['reason']}"
+            print(f"make lab: the run did not start ({why})", file=sys.stderr)
+            return False
+        time.sleep(1.0)  # e.g. refused: an instrument's control is not up yet
 
 
 if __name__ == "__main__":

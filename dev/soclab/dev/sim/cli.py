@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from soclab.dev.data import RECORDING
-from soclab.dev.sim.battery import Battery
+from soclab.dev.sim.battery import Battery, BatteryParams
 from soclab.dev.sim.lab import SimulatedLab
-from soclab.dev.sim.profiles import LAB_EVENING, Profile, ReplayProfile
+from soclab.dev.sim.profiles import LAB_EVENING, Profile, ReplayProfile, SupplyProfile
 from soclab.dev.sim.simulator import WireSimulator
 from soclab.edge.instruments import UnknownKind, kind, kinds
 from soclab.wire import logs
@@ -31,10 +31,14 @@ def _profile(spec: str, speed: float) -> Profile | None:
         return None
     if spec == "lab-evening":
         return LAB_EVENING
+    if spec.startswith("supply:"):
+        return SupplyProfile(float(spec.removeprefix("supply:")))
     if spec.startswith("replay:"):
         source = spec.removeprefix("replay:")
         return ReplayProfile.from_csv(RECORDING if source == "recording" else source, speed=speed)
-    raise ValueError(f"unknown profile {spec!r}: lab-evening, replay:recording, replay:<grafana csv>, none")
+    raise ValueError(
+        f"unknown profile {spec!r}: lab-evening, replay:recording, replay:<grafana csv>, supply:<amps>, none"
+    )
 
 
 def wire_kinds() -> list[str]:
@@ -72,15 +76,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         default="lab-evening",
-        help="lab-evening, replay:recording (the lab's 2021 evening), replay:<csv>, none",
+        help="lab-evening, replay:recording (the lab's 2021 evening), replay:<csv>, none,\n"
+        "supply:<amps> (a supply for the charger, the load left to a run)",
     )
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed (replay profile)")
     parser.add_argument("--soc", type=float, default=0.6, help="initial state of charge, 0..1")
+    parser.add_argument(
+        "--capacity-ah", type=float, default=9.0, help="the battery's capacity (small: fast runs)"
+    )
     parser.add_argument("--state-file", type=Path, help="share the battery with the LabJack stand-in")
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
     args = parser.parse_args(argv)
     logs.configure("INFO", args.log_format)
-    battery = Battery(soc=args.soc)
+    try:
+        battery = Battery(BatteryParams(capacity_ah=args.capacity_ah), soc=args.soc)
+    except ValueError as exc:
+        print(f"soclab-sim: {exc}", file=sys.stderr)
+        return 2
     try:
         profile = _profile(args.profile, args.speed)
         names = [n for n in args.instruments.split(",") if n]

@@ -3,6 +3,11 @@
 The battery's clock runs here in real time (``tick_s``). Each tick applies the profile: the
 charger's current goes to the MPPT simulator (which limits it like a real charge controller),
 the load's current to the electronic load's front panel, as a person in the lab would set it.
+For runs (``SupplyProfile``) the profile only offers the charger a supply; what flows is what the
+run commands over the wires: the load's current while its input is on in remote control, the
+charger's within its current limit and charge voltage while its DC/DC is enabled. Make the
+battery small (``BatteryParams.capacity_ah``, ``soclab-sim --capacity-ah``) and a whole cycle
+takes seconds.
 The battery's state is also written to a shared file for the LabJack stand-in, which runs inside
 the LabJack publisher's process.
 """
@@ -76,6 +81,8 @@ class SimulatedLab:
             mppt.set_solar_charge(setpoint.charge_a)  # type: ignore[attr-defined]
         else:
             self.battery.set_current("charger", setpoint.charge_a)
+        if setpoint.load_a is None:
+            return  # the load is the run's (SupplyProfile)
         eload = self.simulators.get("eload")
         if eload is not None:
             eload.local_set(setpoint.load_a, setpoint.load_a > 0)  # type: ignore[attr-defined]

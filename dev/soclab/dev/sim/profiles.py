@@ -1,7 +1,8 @@
 """What the simulated lab does to the battery over time: a script of phases, or a real recording.
 
 A profile answers, for a time since the start, the charger's current (through the MPPT) and the
-electronic load's current, both in amperes and both >= 0. It repeats when it ends.
+electronic load's current, both in amperes and both >= 0. It repeats when it ends. A load current
+of None leaves the electronic load alone: a run controls it over its wire (``SupplyProfile``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 @dataclass(frozen=True, slots=True)
 class Setpoint:
     charge_a: float = 0.0
-    load_a: float = 0.0
+    load_a: float | None = 0.0  # None: the profile does not touch the load
 
 
 class Profile(Protocol):
@@ -56,6 +57,23 @@ class ScriptedProfile:
                 return Setpoint(phase.charge_a, phase.load_a)
             t -= phase.duration_s
         return Setpoint()
+
+
+@dataclass(frozen=True)
+class SupplyProfile:
+    """A bench supply behind the charge controller offering ``charge_a`` all the time, and hands
+    off the electronic load: the lab for runs, where the run controller switches both
+    (charging through the MPPT's DcdcEn and its limits, the load through remote control)."""
+
+    charge_a: float = 10.0
+    duration_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.charge_a >= 0:
+            raise ValueError("charge_a is a magnitude (>= 0)")
+
+    def at(self, t_s: float) -> Setpoint:
+        return Setpoint(charge_a=self.charge_a, load_a=None)
 
 
 # The shape of the lab's recording of 2021-05-28, shortened: a cycle of about 20 minutes.

@@ -21,7 +21,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -127,6 +127,11 @@ class Instrument(ABC):
         self._is_open = False
         self._next_open = 0.0
         self._backoff = self.reopen_backoff_s[0]
+        # Told, on the reading thread, when the transport (re)opened (before any reading) and when
+        # it was lost: the publisher's control hosting (``soclab.edge.runs.hosting``) makes the
+        # instrument safe at every open and stops a run whose instrument went away.
+        self.on_open: Callable[[], None] | None = None
+        self.on_lost: Callable[[str], None] | None = None
 
     # --- what a driver implements -------------------------------------------------------------
     @abstractmethod
@@ -152,6 +157,8 @@ class Instrument(ABC):
         self._is_open = True
         self._backoff = self.reopen_backoff_s[0]
         self.health.last_error = None
+        if self.on_open is not None:
+            self.on_open()
 
     def close(self) -> None:
         if self._is_open:
@@ -197,6 +204,8 @@ class Instrument(ABC):
         self._is_open = False
         self._close()
         self._next_open = time.monotonic()
+        if self.on_lost is not None:
+            self.on_lost(str(exc))
 
     def _try_reopen(self, timeout: float) -> bool:
         wait = self._next_open - time.monotonic()
@@ -219,6 +228,8 @@ class Instrument(ABC):
         if self.health.counters["connection_losses"]:
             self.health.count("port_reopens")
         log.info("instrument=%s event=reopened", self.kind)
+        if self.on_open is not None:
+            self.on_open()
         return True
 
 

@@ -8,7 +8,9 @@ names, never from the TOML itself (``soclab.wire.mqtt``).
 ``[instrument]`` becomes the typed options of ``source.kind``'s driver (the registry in
 ``soclab.edge.instruments``), through the same settings path; a publisher file without
 ``[instrument]`` (and no ``SOCLAB_INSTRUMENT_*``) has no options, for a caller that brings its own
-instrument. ``publisher.example.toml`` beside this module is a complete example.
+instrument. ``[control]`` (or any ``SOCLAB_CONTROL_*``) makes the publisher host its instrument's
+control (``soclab.edge.runs.hosting``). ``publisher.example.toml`` beside this module is a
+complete example.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from soclab.edge.instruments import UnknownKind, kind, kinds
 from soclab.edge.instruments.kinds import Options
+from soclab.edge.runs.hosting import ControlConfig
 from soclab.wire import Topic, TopicError
 from soclab.wire.mqtt import MqttSettings
 from soclab.wire.settings import ConfigError, load_section, read_toml
@@ -81,6 +84,7 @@ class PublisherConfig:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    control: ControlConfig | None = None  # hosts the instrument's control (commands, safe state)
     log_level: str = "INFO"
 
     @property
@@ -117,9 +121,11 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
     """Read the TOML file (if any), apply ``SOCLAB_*`` variables, check everything."""
     env = dict(os.environ if env is None else env)
     raw = read_toml(path)
-    unknown = set(raw) - set(_SECTIONS) - {"instrument", "log_level"}
+    unknown = set(raw) - set(_SECTIONS) - {"instrument", "control", "log_level"}
     if unknown:
-        raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}, instrument")
+        raise ConfigError(
+            f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}, instrument, control"
+        )
     sections: dict[str, Any] = {  # a variable naming no setting is a typo here: an error
         name: load_section(
             cls,
@@ -141,8 +147,13 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
     instrument = None
     if "instrument" in raw or any(name.startswith("SOCLAB_INSTRUMENT_") for name in env):
         instrument = instrument_kind.load_options(raw.get("instrument", {}), env)
+    control = None
+    if "control" in raw or any(name.startswith("SOCLAB_CONTROL_") for name in env):
+        control = load_section(ControlConfig, raw.get("control", {}), where="control", env=env,
+                               prefix="SOCLAB_CONTROL_")  # fmt: skip
     config = PublisherConfig(
         instrument=instrument,
+        control=control,
         log_level=env.get("SOCLAB_LOG_LEVEL", raw.get("log_level", "INFO")),
         **sections,
     )

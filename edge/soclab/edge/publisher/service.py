@@ -31,6 +31,11 @@ bridge's; the publisher then checks that it names a bridge (``soclab-bridge/<id>
 counted in ``confirmations_refused``) and the ledger takes from it only samples that were
 published and not yet confirmed (finding 7). The development broker of ``make lab`` has no ACL:
 there any local client can confirm, and these two checks are all that stands.
+
+With ``[control]`` the publisher also hosts its instrument's control (``soclab.edge.runs.hosting``:
+operators' commands on ``.../cmd``, the run controller's on a local socket, the safe state at
+every open): the host gets the ``cmd`` messages and every acquisition, and hands its results to
+the sender (``Outgoing``), which publishes them.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from soclab.edge.publisher.config import PublisherConfig
 from soclab.edge.publisher.intake import SpoolIntake
 from soclab.edge.publisher.ledger import Ledger, Row
 from soclab.edge.publisher.mqtt import make_client
+from soclab.edge.runs.hosting import ControlHost
 from soclab.edge.spool import Spool
 from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessage, decode, encode
 from soclab.wire.topics import BRIDGE_ROOT
@@ -97,7 +103,13 @@ class AcquisitionFailed:
     error: str
 
 
-Event = Connected | ConnectRefused | Disconnected | PubAck | Stored | AcquisitionFailed
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+
+
+Event = Connected | ConnectRefused | Disconnected | PubAck | Stored | AcquisitionFailed | Outgoing
 
 
 class Publisher:
@@ -130,6 +142,13 @@ class Publisher:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.control = (
+            None
+            if config.control is None
+            else ControlHost(
+                config.control, config.topic, instrument, lambda t, p: self._event(Outgoing(t, p))
+            )
+        )
 
     # --- paho callbacks (network thread): hand events to the sender, never block ----------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -137,6 +156,8 @@ class Publisher:
             self._event(ConnectRefused(str(reason)))
             return
         client.subscribe(self._stored_topic, qos=1)
+        if self.control is not None:
+            client.subscribe(self.control.cmd_topic, qos=1)
         self._connected.set()
         self._event(Connected(bool(flags.session_present)))
 
@@ -148,6 +169,9 @@ class Publisher:
         self._event(PubAck(mid))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self.control is not None and message.topic == self.control.cmd_topic:
+            self.control.mqtt_command(bytes(message.payload))
+            return
         self._event(Stored(bytes(message.payload)))
 
     def _event(self, event: Event) -> None:
@@ -160,6 +184,8 @@ class Publisher:
         m = self.config.mqtt
         self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
         self.client.loop_start()
+        if self.control is not None:
+            self.control.start()
         acquisition = threading.Thread(target=self._acquire, name="acquisition", daemon=True)
         acquisition.start()
         next_status = next_check = time.monotonic()
@@ -183,6 +209,8 @@ class Publisher:
         finally:
             self._stop.set()
             acquisition.join(timeout=5)
+            if self.control is not None:
+                self.control.stop()
             self._shutdown()
 
     def stop(self) -> None:
@@ -199,6 +227,8 @@ class Publisher:
         while not self._stop.is_set():
             try:
                 readings = self.instrument.read(timeout=0.5)
+                if self.control is not None:
+                    self.control.readings(readings)
                 if readings:
                     self._last_reading = time.monotonic()
                 if self.intake.put(readings):  # a full disk: held, and written when it takes them
@@ -211,6 +241,8 @@ class Publisher:
                 self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
                 continue
             failures = 0
+        if self.control is not None:
+            self.control.closing()
         self.instrument.close()
 
     def _handle_events(self) -> None:
@@ -244,6 +276,8 @@ class Publisher:
                         log.warning("event=disconnected reason=%s", reason)
                 case AcquisitionFailed():
                     self.counters["acquisition_errors"] += 1
+                case Outgoing(topic, payload):
+                    self.client.publish(topic, payload, qos=1)
 
     def _confirmation(self, payload: bytes) -> None:
         """A message on this device's ``stored`` topic; see the module doc for what is trusted."""

@@ -447,11 +447,7 @@ class MpptSimulator(WireSimulator):
 
     def _series_ohm(self, soc: float) -> float:
         """The battery's r0 while charging, rising above the gassing knee (see battery.py)."""
-        p = self.battery.params
-        r = p.r0_ohm
-        if soc > p.charge_knee_soc:
-            r += p.charge_knee_ohm * ((soc - p.charge_knee_soc) / (1.0 - p.charge_knee_soc)) ** 2
-        return max(r, 1e-3)
+        return max(self.battery.params.charge_ohm(soc), 1e-3)
 
     def _accumulate(self) -> None:
         """Day energy counters, integrated over the battery's model time."""

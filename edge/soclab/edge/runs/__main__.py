@@ -1,0 +1,5 @@
+import sys
+
+from soclab.edge.runs.cli import main
+
+sys.exit(main())
