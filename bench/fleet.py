@@ -377,8 +377,10 @@ def print_fleet(f: FleetFigures, rate: float) -> None:
 
 def lab_lag(folder: Path, duration_s: float) -> dict[str, dict[str, float]]:
     """p50/p99/max lag per instrument of ``make lab``'s simulated lab, from its data and stored
-    topics (a monitor subscribed to both), over ``duration_s`` after a 5 s warm-up."""
+    topics (a monitor subscribed to both), for the samples acquired during ``duration_s`` after a
+    5 s warm-up (a sample of the start, spooled until the bridge was up, is not the lab's lag)."""
     acquired: dict[tuple[str, int], int] = {}
+    since = [0]  # acquisition time from which samples count
     lags: dict[str, array] = {}
     lock = threading.Lock()
 
@@ -393,7 +395,7 @@ def lab_lag(folder: Path, duration_s: float) -> dict[str, dict[str, float]]:
             for first, last in body.get("stored", []):
                 for seq in range(first, last + 1):
                     t_ns = acquired.pop((device, seq), None)
-                    if t_ns is not None and recording.is_set():
+                    if t_ns is not None and recording.is_set() and t_ns >= since[0]:
                         lags.setdefault(device, array("q")).append(body["t_ns"] - t_ns)
 
     recording = threading.Event()
@@ -415,6 +417,7 @@ def lab_lag(folder: Path, duration_s: float) -> dict[str, dict[str, float]]:
             )
             with run_lab(settings, folder / "var"):
                 time.sleep(5)
+                since[0] = time.time_ns()
                 recording.set()
                 time.sleep(duration_s)
                 recording.clear()
