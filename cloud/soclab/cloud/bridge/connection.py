@@ -20,8 +20,9 @@ The window bounds what the bridge holds: at most ``max_pending_messages`` messag
 ``max_pending_bytes`` bytes of payload between arrival and resolution (written, dead-lettered or
 stale). When it is full paho's thread waits, so the broker's TCP buffers fill and it stops
 sending. The broker's own ``max_inflight_messages`` was meant to be the first bound, but Mosquitto
-2.0.11 sends more than it after acknowledgements (measured: a limit of 10, five acknowledgements,
-50 more messages), so this one is what holds (a few huge messages count for what they weigh).
+2.0.11 sends more than it once acknowledgements come (measured: with a limit of 10, each
+acknowledgement let 10 more through), so this one is what holds (a few huge messages count for
+what they weigh).
 """
 
 from __future__ import annotations
