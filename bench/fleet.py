@@ -442,7 +442,8 @@ def main() -> None:
     parser.add_argument("--bridges", type=int, default=1, help="bridges, one site each (static split)")
     parser.add_argument("--batch-points", type=int, default=5000)
     parser.add_argument("--inflight", type=int, default=MAX_INFLIGHT_MESSAGES,
-                        help="the broker's max_inflight_messages: the bridge's window")  # fmt: skip
+                        help="the bridge's window ([mqtt] max_pending_messages) and the broker's "
+                             "max_inflight_messages")  # fmt: skip
     parser.add_argument("--ramp", default="500,1000,2000,3000,4000,6000,8000",
                         help="fleet sizes to try for p99 < 2 s, or 'none'")  # fmt: skip
     parser.add_argument("--ramp-duration", type=float, default=40.0)
