@@ -68,6 +68,7 @@ class Result:
     seconds: float = 0.0
     device_backlog: float = 0.0
     ljm_backlog: float = 0.0
+    ljm_backlog_first_last: tuple[float, float] = (0.0, 0.0)  # in the measured window
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core
     load: tuple[float, float] = (0.0, 0.0)  # 1-min load average before, after
     spool_depth: object = None
@@ -194,6 +195,10 @@ def stream(args: argparse.Namespace, label: str, pythonpath: str | None = None) 
     result.stored_per_s = (stored1 - stored0) / elapsed
     result.seconds = elapsed
     result.device_backlog, result.ljm_backlog = max_backlog["device_backlog"], max_backlog["ljm_backlog"]
+    result.ljm_backlog_first_last = (
+        first.get("gauges", {}).get("ljm_backlog") or 0,
+        last.get("gauges", {}).get("ljm_backlog") or 0,
+    )
     result.cpu = {name: (cpu1[name] - cpu0[name]) / elapsed * 100 for name in cpu1}
     result.load = (load0, os.getloadavg()[0])
     result.spool_depth = gauges.get("spool_depth")
@@ -206,6 +211,8 @@ def report(r: Result) -> None:
     print(f"scans read (publisher status):   {r.read_per_s:10.0f} scans/s")
     print(f"stored in InfluxDB:              {r.stored_per_s:10.0f} scans/s, {r.seconds:.0f} s")
     print(f"backlog max: device {r.device_backlog:g} scans, LJM {r.ljm_backlog:g} scans")
+    first, last = r.ljm_backlog_first_last
+    print(f"LJM backlog at the window's start and end: {first:g}, {last:g} scans ({last - first:+g})")
     for name, percent in r.cpu.items():
         print(f"CPU {name:<10} {percent:6.1f} % of one core")
     print(f"load average (1 min) before and after: {r.load[0]:.2f}, {r.load[1]:.2f}")

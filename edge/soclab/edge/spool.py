@@ -28,6 +28,7 @@ import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -43,6 +44,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sent (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped', 0);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledSamples:
+    """Spooled samples first..last (``count`` of them; fewer than last - first + 1 where some
+    left the spool), ``samples`` their JSON objects joined by commas: a message's samples."""
+
+    first: int
+    last: int
+    count: int
+    oldest_t_ns: int
+    samples: str
 
 
 class Spool:
@@ -111,13 +124,24 @@ class Spool:
                 (after_seq, _NO_END if before_seq is None else before_seq, limit),
             ).fetchall()
 
-    def rows(self, first_seq: int, last_seq: int) -> list[tuple[int, int, str]]:
-        """The stored samples first..last (inclusive)."""
+    def batch(self, after_seq: int, limit: int, before_seq: int | None = None) -> SpooledSamples | None:
+        """Up to ``limit`` samples with after_seq < seq (< before_seq), oldest first, as one
+        message's samples (None if there are none).
+
+        SQLite joins the samples' JSON itself: one string for the batch instead of a Python row
+        per sample (at 50,000 scans/s, fetching rows was a fifth of the publisher's work). They
+        come in the order SQLite reads them, which is seq order; nothing downstream depends on it
+        (the bridge sorts what it confirms).
+        """
         with self._lock:
-            return self._db.execute(
-                "SELECT seq, t_ns, body FROM samples WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                (first_seq, last_seq),
-            ).fetchall()
+            first, last, count, oldest_t_ns, samples = self._db.execute(
+                "SELECT min(seq), max(seq), count(*), min(t_ns), group_concat(body, ',') FROM"
+                " (SELECT seq, t_ns, body FROM samples WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?)",
+                (after_seq, _NO_END if before_seq is None else before_seq, limit),
+            ).fetchone()
+        if not count:
+            return None
+        return SpooledSamples(first, last, count, oldest_t_ns, samples)
 
     def count(self, first_seq: int, last_seq: int | None) -> int:
         """How many samples first..last (inclusive; None: to the end) are stored."""

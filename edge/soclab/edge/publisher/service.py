@@ -57,10 +57,10 @@ from soclab.edge.instruments.base import Instrument
 from soclab.edge.instruments.clock import kernel_synchronised
 from soclab.edge.publisher.config import PublisherConfig
 from soclab.edge.publisher.intake import SpoolIntake
-from soclab.edge.publisher.ledger import Ledger, Row
+from soclab.edge.publisher.ledger import Ledger
 from soclab.edge.publisher.mqtt import make_client
 from soclab.edge.runs.hosting import ControlHost
-from soclab.edge.spool import Spool
+from soclab.edge.spool import Spool, SpooledSamples
 from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessage, decode, encode
 from soclab.wire.topics import BRIDGE_ROOT
 from soclab.wire.typed import NotFast, decode_data
@@ -353,19 +353,19 @@ class Publisher:
 
     def _send_ready(self, stopping: bool = False) -> None:
         while self.ledger.inflight < self.config.mqtt.max_inflight and (stopping or not self._stop.is_set()):
-            rows = self.ledger.next_batch(self.config.batch.max_delay_s)
-            if not rows:
+            batch = self.ledger.next_batch(self.config.batch.max_delay_s)
+            if batch is None:
                 return
-            self._publish(rows)
+            self._publish(batch)
 
-    def _publish(self, rows: list[Row]) -> None:
-        payload = (self._prefix + ",".join(r[2] for r in rows) + "]}").encode()
-        first, last = rows[0][0], rows[-1][0]
+    def _publish(self, batch: SpooledSamples) -> None:
+        payload = (self._prefix + batch.samples + "]}").encode()
+        first, last = batch.first, batch.last
         try:
             _check_data(payload)  # the contract is checked before anything leaves
         except InvalidMessage as exc:
             # A driver produced something the schema refuses: never send it, never lose it quietly.
-            self.counters["samples_rejected"] += len(rows)
+            self.counters["samples_rejected"] += batch.count
             log.error("event=invalid_message first_seq=%d last_seq=%d reason=%r", first, last, exc.reason)
             with contextlib.suppress(sqlite3.Error):  # a full disk: refused again at the next start
                 self.spool.remove(first, last)
@@ -376,7 +376,7 @@ class Publisher:
             log.info("event=publish_queued rc=%s first_seq=%d", info.rc, first)
         self.ledger.published(info.mid, first, last)
         self.counters["messages_published"] += 1
-        self.counters["samples_published"] += len(rows)
+        self.counters["samples_published"] += batch.count
 
     # --- status -------------------------------------------------------------------------------
     def publish_status(self) -> None:
