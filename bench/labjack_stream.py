@@ -69,6 +69,7 @@ class Result:
     device_backlog: float = 0.0
     ljm_backlog: float = 0.0
     ljm_backlog_first_last: tuple[float, float] = (0.0, 0.0)  # in the measured window
+    stream_restarts: int = 0  # in the measured window: LJM's buffer overflowed (or the device went)
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core
     load: tuple[float, float] = (0.0, 0.0)  # 1-min load average before, after
     spool_depth: object = None
@@ -195,6 +196,8 @@ def stream(args: argparse.Namespace, label: str, pythonpath: str | None = None) 
     result.stored_per_s = (stored1 - stored0) / elapsed
     result.seconds = elapsed
     result.device_backlog, result.ljm_backlog = max_backlog["device_backlog"], max_backlog["ljm_backlog"]
+    starts = [body.get("counters", {}).get("stream_starts", 0) for body in (first, last)]
+    result.stream_restarts = starts[1] - starts[0]
     result.ljm_backlog_first_last = (
         first.get("gauges", {}).get("ljm_backlog") or 0,
         last.get("gauges", {}).get("ljm_backlog") or 0,
@@ -213,6 +216,7 @@ def report(r: Result) -> None:
     print(f"backlog max: device {r.device_backlog:g} scans, LJM {r.ljm_backlog:g} scans")
     first, last = r.ljm_backlog_first_last
     print(f"LJM backlog at the window's start and end: {first:g}, {last:g} scans ({last - first:+g})")
+    print(f"stream restarts in the window (LJM's buffer overflowed): {r.stream_restarts}")
     for name, percent in r.cpu.items():
         print(f"CPU {name:<10} {percent:6.1f} % of one core")
     print(f"load average (1 min) before and after: {r.load[0]:.2f}, {r.load[1]:.2f}")
