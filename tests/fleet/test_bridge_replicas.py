@@ -168,6 +168,8 @@ def test_a_shared_replica_subscribes_through_its_group_with_a_clean_session():
         "$share/soclab-bridges/soclab/+/+/+/data",
         "$share/soclab-bridges/soclab/+/+/+/replay",
         "$share/soclab-bridges/soclab/+/+/+/status",
+        "$share/soclab-bridges/soclab/+/+/+/journal",
+        "$share/soclab-bridges/soclab/+/+/+/cmd/result",
     ]
     assert shared._broker.client._clean_session is True
     alone = Bridge(BridgeConfig(mqtt, influx, id="r1", site="lab1"))

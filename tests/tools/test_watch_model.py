@@ -100,6 +100,14 @@ def test_a_spool_that_only_grows_and_an_old_backlog_are_alerts():
     assert alert_texts(model, T0 + 30) == []
 
 
+def test_a_spool_that_rose_once_and_stays_level_is_not_an_alert():
+    """A streaming device always has about one read's batch waiting for its confirmation."""
+    model = Model(Thresholds(spool_growth_s=20.0, silent_s=1000), started=T0)
+    for i, depth in enumerate((0, 50, 50, 50, 50, 50, 50)):
+        model.ingest(topic("labjack", "status"), status("labjack", gauges={"spool_depth": depth}), T0 + 5 * i)
+    assert alert_texts(model, T0 + 30) == []
+
+
 def test_bridge_lag_from_acquisition_to_storage_median_and_maximum_over_the_last_minute():
     model = Model(Thresholds(lag_s=2.0, silent_s=1000), started=T0)
     model.ingest("soclab-bridge/lab/status", bridge_status(messages_received=0), T0)

@@ -201,17 +201,22 @@ class InstrumentControl:
         return "done", ""
 
     def result(self, command: Mapping[str, Any], outcome: str, reason: str) -> dict[str, Any]:
-        return {
-            "schema": CMD_RESULT_SCHEMA,
-            "id": command["id"],
-            "command": command["command"],
-            "issuer": command["issuer"],
-            "issued_ns": command["issued_ns"],
-            "target": dict(command["target"]),
-            "outcome": outcome,
-            "reason": reason[:500],
-            "t_ns": self._wall_ns(),
-        }
+        return command_result(command, outcome, reason, self._wall_ns())
+
+
+def command_result(command: Mapping[str, Any], outcome: str, reason: str, t_ns: int) -> dict[str, Any]:
+    """The one ``soclab.cmd.result/1`` of ``command``: ``done``, ``refused`` or ``failed``, why."""
+    return {
+        "schema": CMD_RESULT_SCHEMA,
+        "id": command["id"],
+        "command": command["command"],
+        "issuer": command["issuer"],
+        "issued_ns": command["issued_ns"],
+        "target": dict(command["target"]),
+        "outcome": outcome,
+        "reason": reason[:500],
+        "t_ns": t_ns,
+    }
 
 
 def _crossed(guard: Mapping[str, float], values: Mapping[str, Any]) -> str:

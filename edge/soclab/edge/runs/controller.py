@@ -40,11 +40,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from soclab.edge.runs.config import ControllerConfig
+from soclab.edge.runs.control import command_result
 from soclab.edge.runs.engine import RunEngine
 from soclab.edge.runs.journal import Journal
 from soclab.edge.runs.local import ChannelClosed, LocalClient, Message
 from soclab.wire import (
-    CMD_RESULT_SCHEMA,
     CMD_SCHEMA,
     JOURNAL_SCHEMA,
     RUN_STATUS_SCHEMA,
@@ -233,17 +233,7 @@ class RunController:
         outcome, reason = self._decide(command)
         log.info("event=command id=%s command=%s issuer=%s outcome=%s reason=%r", command["id"],
                  command["command"], command["issuer"], outcome, reason)  # fmt: skip
-        result = {
-            "schema": CMD_RESULT_SCHEMA,
-            "id": command["id"],
-            "command": command["command"],
-            "issuer": command["issuer"],
-            "issued_ns": command["issued_ns"],
-            "target": dict(command["target"]),
-            "outcome": outcome,
-            "reason": reason[:500],
-            "t_ns": time.time_ns(),
-        }
+        result = command_result(command, outcome, reason, time.time_ns())
         if self.engine is not None:
             result["run"] = self.engine.id
         self.client.publish(self.result_topic, encode(result), qos=1)

@@ -32,7 +32,7 @@ from typing import Any
 
 from soclab.edge.instruments.base import Instrument, Reading
 from soclab.edge.runs.actuators import actuator_for
-from soclab.edge.runs.control import InstrumentControl
+from soclab.edge.runs.control import InstrumentControl, command_result
 from soclab.edge.runs.local import LocalServer, Message, Peer
 from soclab.wire import CMD_RESULT_SCHEMA, CMD_SCHEMA, InvalidMessage, Topic, decode, encode
 
@@ -224,17 +224,7 @@ def _finite(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _result(command: dict[str, Any], outcome: str, reason: str) -> dict[str, Any]:
-    return {
-        "schema": CMD_RESULT_SCHEMA,
-        "id": command["id"],
-        "command": command["command"],
-        "issuer": command["issuer"],
-        "issued_ns": command["issued_ns"],
-        "target": dict(command["target"]),
-        "outcome": outcome,
-        "reason": reason[:500],
-        "t_ns": time.time_ns(),
-    }
+    return command_result(command, outcome, reason, time.time_ns())
 
 
 def _refusal_of_invalid(payload: bytes, reason: str) -> dict[str, Any] | None:

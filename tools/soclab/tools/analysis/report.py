@@ -275,7 +275,7 @@ def _img(png: bytes) -> str:
 def _step_view(steps: pd.DataFrame) -> pd.DataFrame:
     view = steps.copy()
     for column in ("start", "end"):
-        view[column] = view[column].dt.strftime("%Y-%m-%d %H:%M:%S")
+        view[column] = view[column].dt.strftime("%m-%d %H:%M:%S")  # the year is in the page's title
     return view
 
 
@@ -287,7 +287,8 @@ def _table(frame: pd.DataFrame) -> str:
             return str(value.strftime("%Y-%m-%d %H:%M:%S"))
         return _e(str(value)) if value is not None else ""
 
-    head = "".join(f"<th>{_e(str(c))}</th>" for c in frame.columns)
+    # Headers may wrap between words (charged ah), so that a wide table still fits the page.
+    head = "".join(f"<th>{_e(str(c).replace('_', ' '))}</th>" for c in frame.columns)
     rows = "".join(
         "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
         for row in frame.itertuples(index=False)
@@ -312,6 +313,7 @@ img {{ max-width: 100%; }}
 table {{ border-collapse: collapse; font-size: 12px; }}
 th, td {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 th {{ background: #f0f0f0; }}
+td {{ white-space: nowrap; }}
 </style></head>
 <body>
 {body}

@@ -590,7 +590,9 @@ def _bridge_id(consumer: str) -> str:
 def _spool_growth(
     history: deque[tuple[float, float]], now: float, window_s: float
 ) -> tuple[float, float, str] | None:
-    """(from, to, since) if the spool depth only grew over the last ``window_s`` and rose."""
+    """(from, to, since) if the spool depth only grew over the last ``window_s`` and was still
+    rising in its second half: a depth that rose once and stays level (a streaming device's batch
+    in flight, always about one read deep) is not a growing spool."""
     recent = [(at, depth) for at, depth in history if now - at <= window_s * 2]
     if len(recent) < 3 or recent[-1][0] - recent[0][0] < window_s:
         return None
@@ -601,6 +603,9 @@ def _spool_growth(
     first_at, first_depth = recent[start]
     last_depth = recent[-1][1]
     if recent[-1][0] - first_at < window_s or last_depth <= first_depth:
+        return None
+    half_way = recent[-1][0] - window_s / 2
+    if next(depth for at, depth in recent[start:] if at >= half_way) >= last_depth:
         return None
     return first_depth, last_depth, ago(first_at, now)
 
