@@ -230,6 +230,8 @@ def loss_check(db: InfluxDB1, spool: Path) -> tuple[str, int]:
     """Scans assigned, stored once, doubled, still spooled and lost, after the run."""
     series = db.query("SELECT count(seq), count(distinct(seq)), max(seq) FROM labjack", db=DB)
     _, total, distinct, last = series[0]["values"][0] if series else (0, 0, 0, -1)
+    if not spool.exists():
+        return "the publisher wrote no spool: it did not start (a baseline too old for this lab?)", -1
     with contextlib.closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as conn:
         assigned = int(conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
         spooled = {row[0] for row in conn.execute("SELECT seq FROM samples")}
