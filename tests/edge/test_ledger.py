@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from soclab.edge.instruments.base import Reading
@@ -27,11 +28,15 @@ def seqs(rows) -> list[int]:
 
 
 def send(ledger: Ledger, mid: int) -> list[int]:
-    rows = ledger.next_batch()
-    if rows:
-        ledger.published(mid, rows[0][0], rows[-1][0])
-        ledger.puback(mid)
-    return seqs(rows)
+    """Publish the next batch; the sequence numbers of its samples, as the message holds them."""
+    batch = ledger.next_batch()
+    if batch is None:
+        return []
+    ledger.published(mid, batch.first, batch.last)
+    ledger.puback(mid)
+    sent = [sample["seq"] for sample in json.loads(f"[{batch.samples}]")]
+    assert (batch.first, batch.last, batch.count) == (sent[0], sent[-1], len(sent))
+    return sent
 
 
 def test_samples_leave_the_spool_only_when_confirmed(tmp_path):
@@ -95,7 +100,7 @@ def test_nothing_is_resent_while_the_bridge_is_silent(tmp_path):
         send(ledger, mid)
     clock.now = 3600.0
     assert ledger.lost_batches() == 0
-    assert ledger.next_batch() == []
+    assert ledger.next_batch() is None
 
 
 def test_dead_lettered_samples_leave_and_are_counted(tmp_path):
@@ -154,7 +159,7 @@ def test_a_late_confirmation_of_a_batch_waiting_to_be_resent_is_taken(tmp_path):
     clock.now = 1.0
     assert ledger.lost_batches() == 1
     assert ledger.confirmed([[0, 9]]) == 10  # it was published: late, not forged
-    assert ledger.next_batch() == []  # so nothing is sent again
+    assert ledger.next_batch() is None  # so nothing is sent again
     assert spool.depth == 0
 
 

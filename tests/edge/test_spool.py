@@ -82,3 +82,32 @@ os.kill(os.getpid(), signal.SIGKILL)
     spool = Spool(path)
     assert spool.depth == 100
     assert spool.next_seq == 100
+
+
+def test_an_append_is_checked_as_a_whole_or_value_by_value_with_the_same_result(tmp_path):
+    """All floats, finite: checked once for the append. Floats whose sum overflows, or a bad value
+    among thousands, or integers: value by value. Either way every good value travels as it is."""
+    spool = Spool(tmp_path / "s.sqlite")
+    spool.append([Reading(T0, {"bat_v": 1e308}), Reading(T0 + 1, {"bat_v": 1e308}, ("clock_step",))])
+    spool.append([Reading(T0 + 2 + i, {"bat_v": 1.5, "bat_a": -0.25}) for i in range(1000)])
+    one_bad = [Reading(T0 + 3000, {"bat_v": float("-inf")})]
+    spool.append([Reading(T0 + 2000 + i, {"bat_v": 1.5}) for i in range(999)] + one_bad)
+    spool.append([Reading(T0 + 4000, {"bat_v": 3.0, "n": 7}, ("b", "a", "b"))])
+    samples = [json.loads(body) for _, _, body in spool.peek(-1, 10_000)]
+    assert [s["seq"] for s in samples] == list(range(2003))
+    assert samples[0] == {"seq": 0, "t_ns": T0, "values": {"bat_v": 1e308}}
+    assert samples[1] == {"seq": 1, "t_ns": T0 + 1, "values": {"bat_v": 1e308}, "flags": ["clock_step"]}
+    assert samples[2] == {"seq": 2, "t_ns": T0 + 2, "values": {"bat_v": 1.5, "bat_a": -0.25}}
+    assert samples[2001] == {"seq": 2001, "t_ns": T0 + 3000, "values": {}, "flags": ["invalid:bat_v"]}
+    last = {"seq": 2002, "t_ns": T0 + 4000, "values": {"bat_v": 3.0, "n": 7}, "flags": ["a", "b"]}
+    assert samples[2002] == last
+    assert spool.invalid_values == 1
+
+
+def test_a_sample_stays_one_row_whatever_its_strings_hold(tmp_path):
+    """Samples of one append are encoded together and split at line ends: a flag holding a line
+    break (escaped in JSON) or another line separator must not split its sample."""
+    spool = Spool(tmp_path / "s.sqlite")
+    spool.append([Reading(T0 + i, {"bat_v": 1.0}, (f"x\n\u2028\x85{i}",)) for i in range(3)])
+    samples = [json.loads(body) for _, _, body in spool.peek(-1, 10)]
+    assert [s["flags"] for s in samples] == [[f"x\n\u2028\x85{i}"] for i in range(3)]

@@ -136,8 +136,9 @@ def test_confirmed_samples_the_disk_refuses_to_remove_are_removed_later(tmp_path
     spool = RefusingSpool(tmp_path / "s.sqlite")
     ledger = Ledger(spool, batch_max=10)
     spool.append([reading(i) for i in range(10)])
-    rows = ledger.next_batch()
-    ledger.published(1, rows[0][0], rows[-1][0])
+    batch = ledger.next_batch()
+    assert batch is not None
+    ledger.published(1, batch.first, batch.last)
     spool.full = True
     assert ledger.confirmed([[0, 9]]) == 0
     assert (ledger.removals_pending, ledger.removal_error) == (1, "database or disk is full")

@@ -3,7 +3,9 @@ after the bridge confirmed it stored it (see ``publisher.ledger``).
 
 SQLite in WAL mode, one row per sample, the row id being the device stream's sequence number,
 so sequence numbers survive restarts and are never reused. The sample is stored already encoded
-as its JSON object, so a message is assembled by joining rows.
+as its JSON object, so a message is assembled by joining rows. An append encodes all its samples
+in one call (msgspec, in C): a LabJack read of 5,000 scans costs about 0.5 µs per sample instead
+of the 4-5 µs of one ``json.dumps`` each (see ``_encode_all``).
 
 Sync policy (``sync``):
 - ``"full"`` (default): every append is fsynced before ``append`` returns. Survives kill -9 and a
@@ -21,13 +23,15 @@ only for those, also when it reaches the next run of the publisher.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from soclab.edge.instruments.base import Reading
 
@@ -40,6 +44,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sent (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped', 0);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledSamples:
+    """Spooled samples first..last (``count`` of them; fewer than last - first + 1 where some
+    left the spool), ``samples`` their JSON objects joined by commas: a message's samples."""
+
+    first: int
+    last: int
+    count: int
+    oldest_t_ns: int
+    samples: str
 
 
 class Spool:
@@ -68,17 +84,14 @@ class Spool:
 
     def append(self, readings: Iterable[Reading]) -> range:
         """Store readings under consecutive sequence numbers; return the numbers given."""
-        rows = []
-        invalid = 0
+        batch = list(readings)
         with self._lock:
-            first = seq = self.next_seq
-            for reading in readings:
-                body, bad = _encode(seq, reading)
-                rows.append((seq, reading.t_ns, body))
-                invalid += bad
-                seq += 1
-            if not rows:
+            first = self.next_seq
+            if not batch:
                 return range(first, first)
+            bodies, invalid = _encode_all(first, batch)
+            seq = first + len(batch)
+            rows = list(zip(range(first, seq), [r.t_ns for r in batch], bodies, strict=True))
             overflow = max(0, self.depth + len(rows) - self.max_samples)
             with self._db:  # one transaction: rows, next_seq and the drop are one
                 self._db.execute("BEGIN IMMEDIATE")
@@ -111,13 +124,24 @@ class Spool:
                 (after_seq, _NO_END if before_seq is None else before_seq, limit),
             ).fetchall()
 
-    def rows(self, first_seq: int, last_seq: int) -> list[tuple[int, int, str]]:
-        """The stored samples first..last (inclusive)."""
+    def batch(self, after_seq: int, limit: int, before_seq: int | None = None) -> SpooledSamples | None:
+        """Up to ``limit`` samples with after_seq < seq (< before_seq), oldest first, as one
+        message's samples (None if there are none).
+
+        SQLite joins the samples' JSON itself: one string for the batch instead of a Python row
+        per sample (at 50,000 scans/s, fetching rows was a fifth of the publisher's work). They
+        come in the order SQLite reads them, which is seq order; nothing downstream depends on it
+        (the bridge sorts what it confirms).
+        """
         with self._lock:
-            return self._db.execute(
-                "SELECT seq, t_ns, body FROM samples WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                (first_seq, last_seq),
-            ).fetchall()
+            first, last, count, oldest_t_ns, samples = self._db.execute(
+                "SELECT min(seq), max(seq), count(*), min(t_ns), group_concat(body, ',') FROM"
+                " (SELECT seq, t_ns, body FROM samples WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?)",
+                (after_seq, _NO_END if before_seq is None else before_seq, limit),
+            ).fetchone()
+        if not count:
+            return None
+        return SpooledSamples(first, last, count, oldest_t_ns, samples)
 
     def count(self, first_seq: int, last_seq: int | None) -> int:
         """How many samples first..last (inclusive; None: to the end) are stored."""
@@ -170,8 +194,41 @@ def _valid(value: object) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def _encode(seq: int, reading: Reading) -> tuple[str, int]:
-    """The sample's JSON object, and how many values were invalid. A value that cannot travel
+_ENCODER = msgspec.json.Encoder()
+
+
+def _encode_all(first_seq: int, readings: Sequence[Reading]) -> tuple[list[str], int]:
+    """The samples' JSON objects (sequence numbers from ``first_seq``), and how many values were
+    invalid, in one encoder call.
+
+    When every value of the append is a float and their exact sum (``math.fsum``) is finite, no
+    value is nan or infinite (either would make the sum so), so the values are taken as they are,
+    checked once for the whole append; otherwise (an integer, a bool, a bad value, or a sum that
+    overflows) each sample goes through ``_checked``, value by value.
+    """
+    values = [v for r in readings for v in r.values.values()]
+    try:
+        fast = set(map(type, values)) <= {float} and math.isfinite(math.fsum(values))
+    except (OverflowError, ValueError):  # inf - inf, or finite values whose sum overflows
+        fast = False
+    if fast:
+        samples = [
+            {"seq": seq, "t_ns": r.t_ns, "values": r.values, "flags": sorted(set(r.flags))}
+            if r.flags
+            else {"seq": seq, "t_ns": r.t_ns, "values": r.values}
+            for seq, r in enumerate(readings, first_seq)
+        ]
+        invalid = 0
+    else:
+        checked = [_checked(seq, r) for seq, r in enumerate(readings, first_seq)]
+        samples = [sample for sample, _ in checked]
+        invalid = sum(bad for _, bad in checked)
+    # One line per sample: a newline inside a string is escaped, so only the separators split.
+    return _ENCODER.encode_lines(samples).decode()[:-1].split("\n"), invalid
+
+
+def _checked(seq: int, reading: Reading) -> tuple[dict[str, object], int]:
+    """The sample as it may travel, and how many values were invalid. A value that cannot travel
     (nan, inf, an integer beyond 64 bits, anything not a number) is left out and named in the
     flags (``invalid:<name>``), so that one bad value never costs its message's other samples."""
     values = {}
@@ -184,4 +241,4 @@ def _encode(seq: int, reading: Reading) -> tuple[str, int]:
     sample: dict[str, object] = {"seq": seq, "t_ns": reading.t_ns, "values": values}
     if flags:
         sample["flags"] = sorted(set(flags))
-    return json.dumps(sample, separators=(",", ":")), len(reading.values) - len(values)
+    return sample, len(reading.values) - len(values)

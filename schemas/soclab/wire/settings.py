@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -100,6 +100,30 @@ def load_section(
         return msgspec.convert(merged, cls, strict=True)
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(str(exc), info, where, merged, origins)) from None
+
+
+def load_sections(
+    raw: Mapping[str, Any],
+    sections: Mapping[str, type],
+    *,
+    env: Mapping[str, str],
+    prefix: str,
+    refused: Callable[[str], Mapping[str, str] | None] = lambda name: None,
+) -> dict[str, Any]:
+    """Every ``[name]`` of ``sections`` (name -> class) from the file's tables ``raw``, with the
+    variables ``<prefix><NAME>_<KEY>`` over each (``SOCLAB_MQTT_HOST``); ``refused(name)`` gives a
+    section's ``refused`` keys. A variable naming no setting of its section is an error."""
+    return {
+        name: load_section(
+            cls,
+            raw.get(name, {}),
+            where=name,
+            env=env,
+            prefix=f"{prefix}{name.upper()}_",
+            refused=refused(name),
+        )
+        for name, cls in sections.items()
+    }
 
 
 def section(

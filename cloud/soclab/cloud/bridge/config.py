@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from soclab.wire.mqtt import MqttSettings
-from soclab.wire.settings import ConfigError, load_section, read_toml
+from soclab.wire.settings import ConfigError, load_section, load_sections, read_toml
 
 __all__ = ["BridgeConfig", "ConfigError", "load"]
 
@@ -164,17 +164,7 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> B
     top = load_section(
         _TopLevel, bridge_table, where="bridge", env=env, prefix=_ENV, ignore_unknown_variables=True
     )
-    sections: dict[str, Any] = {
-        name: load_section(
-            cls,
-            raw.get(name, {}),
-            where=name,
-            env=env,
-            prefix=f"{_ENV}{name.upper()}_",
-            refused=_refused(name),
-        )
-        for name, cls in _SECTIONS.items()
-    }
+    sections = load_sections(raw, _SECTIONS, env=env, prefix=_ENV, refused=_refused)
     sections["mqtt"] = sections["mqtt"].with_password(env, f"{_ENV}MQTT_PASSWORD")
     sections["influx"] = replace(
         sections["influx"], token=_secret(env, "influx", "token", sections["influx"])

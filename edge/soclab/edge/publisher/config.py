@@ -25,7 +25,7 @@ from soclab.edge.instruments.kinds import Options
 from soclab.edge.runs.hosting import ControlConfig
 from soclab.wire import Topic, TopicError
 from soclab.wire.mqtt import MqttSettings
-from soclab.wire.settings import ConfigError, load_section, read_toml
+from soclab.wire.settings import ConfigError, load_section, load_sections, read_toml
 
 __all__ = ["EXAMPLE", "ConfigError", "PublisherConfig", "load"]
 
@@ -126,17 +126,7 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> P
         raise ConfigError(
             f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}, instrument, control"
         )
-    sections: dict[str, Any] = {  # a variable naming no setting is a typo here: an error
-        name: load_section(
-            cls,
-            raw.get(name, {}),
-            where=name,
-            env=env,
-            prefix=f"SOCLAB_{name.upper()}_",
-            refused=_REFUSED.get(name),
-        )
-        for name, cls in _SECTIONS.items()
-    }
+    sections: dict[str, Any] = load_sections(raw, _SECTIONS, env=env, prefix="SOCLAB_", refused=_REFUSED.get)
     sections["mqtt"] = sections["mqtt"].with_password(env, "SOCLAB_MQTT_PASSWORD")
     sections["mqtt"].check()
     source = sections["source"]

@@ -36,9 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from soclab.edge.publisher.ranges import SeqRanges
-from soclab.edge.spool import Spool
-
-Row = tuple[int, int, str]  # (seq, t_ns, sample JSON)
+from soclab.edge.spool import Spool, SpooledSamples
 
 
 @dataclass(slots=True)
@@ -195,40 +193,40 @@ class Ledger:
         return len(lost)
 
     # --- what to send next --------------------------------------------------------------------
-    def next_batch(self, live_delay_s: float = 0.0) -> list[Row]:
-        """Rows for the next message: a resend first, then live and backlog in turn."""
+    def next_batch(self, live_delay_s: float = 0.0) -> SpooledSamples | None:
+        """The next message's samples: a resend first, then live and backlog in turn."""
         while self._resend:
             first, last = self._resend.popleft()
-            rows = self.spool.rows(first, last)
-            if rows:
-                return rows
-        lanes = (self._live, self._backlog_rows) if self._live_turn else (self._backlog_rows, self._live)
+            batch = self.spool.batch(first - 1, last - first + 1, before_seq=last + 1)
+            if batch is not None:
+                return batch
+        lanes = (self._live, self._backlog_batch) if self._live_turn else (self._backlog_batch, self._live)
         for lane in lanes:
-            rows = lane(live_delay_s)
-            if rows:
+            batch = lane(live_delay_s)
+            if batch is not None:
                 self._live_turn = lane is not self._live
-                return rows
-        return []
+                return batch
+        return None
 
-    def _live(self, live_delay_s: float) -> list[Row]:
-        rows = self.spool.peek(self._live_cursor - 1, self.batch_max)
-        if not rows:
-            return []
-        age_s = (time.time_ns() - rows[0][1]) / 1e9  # < 0 after the wall clock stepped back: go
-        if len(rows) < self.batch_max and 0 <= age_s < live_delay_s:
-            return []  # wait for a fuller batch
-        self._live_cursor = rows[-1][0] + 1
-        return rows
+    def _live(self, live_delay_s: float) -> SpooledSamples | None:
+        batch = self.spool.batch(self._live_cursor - 1, self.batch_max)
+        if batch is None:
+            return None
+        age_s = (time.time_ns() - batch.oldest_t_ns) / 1e9  # < 0 after the wall clock stepped back: go
+        if batch.count < self.batch_max and 0 <= age_s < live_delay_s:
+            return None  # wait for a fuller batch
+        self._live_cursor = batch.last + 1
+        return batch
 
-    def _backlog_rows(self, _: float) -> list[Row]:
+    def _backlog_batch(self, _: float) -> SpooledSamples | None:
         while self._backlog:
             segment = self._backlog[0]
-            rows = self.spool.peek(segment[0] - 1, self.batch_max, before_seq=segment[1])
-            if rows:
-                segment[0] = rows[-1][0] + 1
-                return rows
+            batch = self.spool.batch(segment[0] - 1, self.batch_max, before_seq=segment[1])
+            if batch is not None:
+                segment[0] = batch.last + 1
+                return batch
             self._backlog.popleft()
-        return []
+        return None
 
     # --- status -------------------------------------------------------------------------------
     @property

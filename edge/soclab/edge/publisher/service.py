@@ -57,12 +57,13 @@ from soclab.edge.instruments.base import Instrument
 from soclab.edge.instruments.clock import kernel_synchronised
 from soclab.edge.publisher.config import PublisherConfig
 from soclab.edge.publisher.intake import SpoolIntake
-from soclab.edge.publisher.ledger import Ledger, Row
+from soclab.edge.publisher.ledger import Ledger
 from soclab.edge.publisher.mqtt import make_client
 from soclab.edge.runs.hosting import ControlHost
-from soclab.edge.spool import Spool
+from soclab.edge.spool import Spool, SpooledSamples
 from soclab.wire import DATA_SCHEMA, STATUS_SCHEMA, STORED_SCHEMA, InvalidMessage, decode, encode
 from soclab.wire.topics import BRIDGE_ROOT
+from soclab.wire.typed import NotFast, decode_data
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,21 @@ _TICK_S = 0.2  # the sender wakes at least this often
 # The largest confirmation the schema allows (100,000 ranges) is under 4 MiB; refuse more unread.
 MAX_CONFIRMATION_BYTES = 4 * 2**20
 _QUIET_S = 10.0  # a repeated complaint (forged confirmations, a full disk) is logged this often
+
+
+def _check_data(payload: bytes) -> None:
+    """Raise InvalidMessage (with the reason) unless ``payload`` is a valid ``soclab.data/1``.
+
+    The typed decoder (``soclab.wire.typed``: msgspec, its bounds read from the schema file, its
+    verdicts held to the reference validator's by the tests) judges a LabJack batch of 5,000
+    scans in about 0.5 µs per sample, where ``json.loads`` and ``fastjsonschema`` took 4-5 µs on
+    the publisher's acquisition core. It never accepts what the schema refuses; what it refuses
+    goes to the reference path (``decode``), whose verdict and reason stand.
+    """
+    try:
+        decode_data(payload)
+    except NotFast:
+        decode(payload, DATA_SCHEMA)
 
 
 # --- what the other threads tell the sender ------------------------------------------------------
@@ -337,19 +353,19 @@ class Publisher:
 
     def _send_ready(self, stopping: bool = False) -> None:
         while self.ledger.inflight < self.config.mqtt.max_inflight and (stopping or not self._stop.is_set()):
-            rows = self.ledger.next_batch(self.config.batch.max_delay_s)
-            if not rows:
+            batch = self.ledger.next_batch(self.config.batch.max_delay_s)
+            if batch is None:
                 return
-            self._publish(rows)
+            self._publish(batch)
 
-    def _publish(self, rows: list[Row]) -> None:
-        payload = (self._prefix + ",".join(r[2] for r in rows) + "]}").encode()
-        first, last = rows[0][0], rows[-1][0]
+    def _publish(self, batch: SpooledSamples) -> None:
+        payload = (self._prefix + batch.samples + "]}").encode()
+        first, last = batch.first, batch.last
         try:
-            decode(payload, DATA_SCHEMA)  # the contract is checked before anything leaves
+            _check_data(payload)  # the contract is checked before anything leaves
         except InvalidMessage as exc:
             # A driver produced something the schema refuses: never send it, never lose it quietly.
-            self.counters["samples_rejected"] += len(rows)
+            self.counters["samples_rejected"] += batch.count
             log.error("event=invalid_message first_seq=%d last_seq=%d reason=%r", first, last, exc.reason)
             with contextlib.suppress(sqlite3.Error):  # a full disk: refused again at the next start
                 self.spool.remove(first, last)
@@ -360,7 +376,7 @@ class Publisher:
             log.info("event=publish_queued rc=%s first_seq=%d", info.rc, first)
         self.ledger.published(info.mid, first, last)
         self.counters["messages_published"] += 1
-        self.counters["samples_published"] += len(rows)
+        self.counters["samples_published"] += batch.count
 
     # --- status -------------------------------------------------------------------------------
     def publish_status(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from soclab.wire import Topic, TopicError
 from soclab.wire.mqtt import MqttSettings
-from soclab.wire.settings import ConfigError, load_section, read_toml
+from soclab.wire.settings import ConfigError, load_sections, read_toml
 
 __all__ = ["EXAMPLE", "ConfigError", "ControllerConfig", "load"]
 
@@ -92,17 +92,7 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
     unknown = set(raw) - set(_SECTIONS) - {"log_level"}
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
-    sections: dict[str, Any] = {
-        name: load_section(
-            cls,
-            raw.get(name, {}),
-            where=name,
-            env=env,
-            prefix=f"SOCLAB_{name.upper()}_",
-            refused=_REFUSED.get(name),
-        )
-        for name, cls in _SECTIONS.items()
-    }
+    sections: dict[str, Any] = load_sections(raw, _SECTIONS, env=env, prefix="SOCLAB_", refused=_REFUSED.get)
     sections["mqtt"] = sections["mqtt"].with_password(env, "SOCLAB_MQTT_PASSWORD")
     sections["mqtt"].check()
     run = sections["run"]

@@ -236,8 +236,7 @@ class LabJackDriver(Instrument):
         if self._next_due < now:  # fell behind by more than a period: skip, don't catch up in a burst
             self.health.count("command_overruns")
             self._next_due = now + period
-        reading = self._reading(stamp.t_ns, volts, stamp.flags)
-        return [] if reading is None else [reading]
+        return [self._reading(stamp.t_ns, volts, stamp.flags)]
 
     def _read_stream(self) -> list[Reading]:
         assert self._stream_clock is not None
@@ -252,16 +251,24 @@ class LabJackDriver(Instrument):
             raise LabJackError(f"eStreamRead gave {len(data)} values for {n} channels")
         stamps = self._stream_clock.stamps(self._scan, scans, self.clock.last_ns)
         unsynced = (UNSYNCED,) if UNSYNCED in now.flags else ()
-        readings = []
-        for j, t_ns in enumerate(stamps):
-            flags = unsynced
-            if self._step_unflagged:
-                flags, self._step_unflagged = (STEP, *unsynced), False
-            reading = self._reading(t_ns, data[j * n : (j + 1) * n], flags)
-            if reading is not None:
-                readings.append(reading)
+        first = (STEP, *unsynced) if self._step_unflagged and stamps else unsynced  # the first scan's
+        if SKIPPED in data:  # LJM's auto-recovery: scan by scan, each skipped value flagged
+            readings = [
+                self._reading(t_ns, data[j * n : (j + 1) * n], unsynced if j else first)
+                for j, t_ns in enumerate(stamps)
+            ]
+        else:  # the usual read: calibrated a channel at a time (at 100 kS/s every µs per scan counts)
+            names = [name for name, _ in self._fields]
+            columns = [map(calibration.apply, data[i::n]) for i, (_, calibration) in enumerate(self._fields)]
+            readings = [
+                Reading(t_ns, dict(zip(names, scan, strict=True)), unsynced)
+                for t_ns, scan in zip(stamps, zip(*columns, strict=True), strict=True)
+            ]
+            if first is not unsynced:
+                readings[0] = Reading(readings[0].t_ns, readings[0].values, first)
         self._scan += scans
         if stamps:
+            self._step_unflagged = False
             self.clock.issued(stamps[-1])  # keeps stamp() after the stream
         self._stream_health(scans, device_backlog, ljm_backlog, now.t_ns)
         return readings
@@ -281,7 +288,7 @@ class LabJackDriver(Instrument):
         h.set_gauge("clock_offset_ms", None if offset is None else round(offset / 1e6, 3))
         h.set_gauge("clock_drift_ppm", None if drift is None else round(drift, 2))
 
-    def _reading(self, t_ns: int, volts: list[float], clock_flags: tuple[str, ...]) -> Reading | None:
+    def _reading(self, t_ns: int, volts: list[float], clock_flags: tuple[str, ...]) -> Reading:
         values: dict[str, float] = {}
         flags: list[str] = []
         for (name, calibration), v in zip(self._fields, volts, strict=True):
