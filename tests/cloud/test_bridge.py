@@ -409,3 +409,56 @@ def test_stored_samples_are_confirmed_to_their_device(
     eventually(confirmed_all, "every stored sample confirmed")
     assert covered == expected
     assert len(influxdb.rows("SELECT seq FROM labjack")) == 300
+
+
+def test_confirmations_held_back_for_paho_are_all_sent_later(
+    mosquitto: Mosquitto,
+    influxdb: InfluxTarget,
+    site: str,
+    start_bridge: Any,
+    mqtt_client: Any,
+    mqtt_collector: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """paho drops a publish when 65,535 are unacknowledged; the bridge holds its own back beyond
+    ``MAX_UNACKED_PUBLISHES`` and sends them as acknowledgements come, in order, none lost. Here
+    the bound is 1: each write's confirmations (one per device) go out one by one."""
+    from soclab.cloud.bridge import connection
+
+    held: list[connection.Later] = []
+
+    class CountedLater(connection.Later):
+        def __init__(self) -> None:
+            super().__init__()
+            held.append(self)
+
+    monkeypatch.setattr(connection, "MAX_UNACKED_PUBLISHES", 1)
+    monkeypatch.setattr(connection, "Later", CountedLater)
+    confirmations = mqtt_collector(mosquitto, f"soclab/{site}/+/+/stored")
+    start_bridge(mosquitto, influxdb, site)
+    publisher = mqtt_client(mosquitto)
+    devices = [f"dev{i}" for i in range(40)]
+    for round_ in range(3):
+        for device in devices:
+            samples = labjack_samples(round_ * 10, 10)
+            publisher.publish(
+                str(Topic(site, "pi-01", device)),
+                encode(data_message(site, "pi-01", device, "labjack", samples)),
+                qos=1,
+            )
+    covered: dict[str, set[int]] = {device: set() for device in devices}
+
+    def confirmed_all() -> bool:
+        while not confirmations.inbox.empty():
+            message = confirmations.inbox.get()
+            body = validate(json.loads(message.payload), "soclab.stored/1")
+            seqs = covered[message.topic.split("/")[3]]
+            for first, last in body["stored"]:
+                assert seqs.isdisjoint(range(first, last + 1)), "a sample confirmed twice"
+                seqs.update(range(first, last + 1))
+        return all(len(seqs) == 30 for seqs in covered.values())
+
+    eventually(confirmed_all, "every device's 30 samples confirmed")
+    assert held, "no confirmation was held back: the test did not test the bound"
+    assert all(later.is_published() for later in held)
+    assert len(influxdb.rows("SELECT seq FROM labjack")) == 40 * 30

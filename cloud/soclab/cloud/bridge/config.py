@@ -27,9 +27,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 class MqttConfig(MqttSettings):
     """``client_id`` defaults to ``soclab-bridge-<bridge id>``: fixed, so the broker keeps the session."""
 
-    # Messages received but not yet written or dead-lettered. The broker's max_inflight_messages
-    # for this client is the real window (Mosquitto sends no more unacknowledged messages); this
-    # is the safety net if the broker allows more: the bridge then stops reading from the socket.
+    # Messages received but not yet written or dead-lettered: the bridge's window. The broker's
+    # max_inflight_messages was meant to be it, but Mosquitto 2.0.11 sends more once
+    # acknowledgements come (connection.py); when this is full the bridge stops reading.
     max_pending_messages: int = 1000
     # The same for bytes: payloads held, whatever their number (a few huge messages are as bad as
     # many small ones). One message is always let in, so keep it above [intake] max_payload_bytes.

@@ -7,15 +7,27 @@ paho's thread runs only the callbacks here: it waits for room in the ``Window``,
 message with its arrival time and generation, and hands it to the writer as a typed
 ``core.Received`` through ``deliver``.
 
+Our own QoS 1 publishes (confirmations, dead letters) are bounded too, without ever waiting:
+paho numbers unacknowledged publishes with 16-bit packet ids and drops one whose id is still in
+use (``MQTT_ERR_QUEUE_SIZE``). At 10,000 devices (``bench/fleet.py``) paho's thread, busy reading,
+fell 65,535 publishes behind the writer and confirmations were lost without a word. Beyond
+``MAX_UNACKED_PUBLISHES`` a publish is held back, in order, and the writer sends it (``flush()``)
+once the broker has acknowledged enough. The writer must not wait for those acknowledgements:
+paho's thread reads them, and it may itself be waiting for room that only the writer frees. A
+publish that paho refuses all the same is logged as an error.
+
 The window bounds what the bridge holds: at most ``max_pending_messages`` messages and
 ``max_pending_bytes`` bytes of payload between arrival and resolution (written, dead-lettered or
 stale). When it is full paho's thread waits, so the broker's TCP buffers fill and it stops
-sending. The broker's own ``max_inflight_messages`` is the first bound; this one holds whatever
-the broker allows (a few huge messages count for what they weigh).
+sending. The broker's own ``max_inflight_messages`` was meant to be the first bound, but Mosquitto
+2.0.11 sends more than it once acknowledgements come (measured: with a limit of 10, each
+acknowledgement let 10 more through), so this one is what holds (a few huge messages count for
+what they weigh).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -31,6 +43,22 @@ from soclab.wire.mqtt import Will, make_client
 
 log = logging.getLogger("soclab.cloud.bridge")
 _PAHO_LOG = logging.getLogger("soclab.cloud.bridge.paho")
+MAX_UNACKED_PUBLISHES = 20_000  # well below paho's 65,535 packet ids
+_QUEUED = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # sent, or sent once connected again
+_EARLY_MAX = 1000  # acknowledgements kept that came before publish() recorded their packet id
+
+
+class Later:
+    """A publish held back until paho has room for it: published once ``info`` is set and the
+    broker has acknowledged it."""
+
+    __slots__ = ("info",)
+
+    def __init__(self) -> None:
+        self.info: mqtt.MQTTMessageInfo | None = None
+
+    def is_published(self) -> bool:
+        return self.info is not None and self.info.is_published()
 
 
 class Window:
@@ -100,6 +128,14 @@ class MqttBroker:
         self._generation = 0
         self._connected = False
         self._lock = threading.Lock()  # generation and connected, with every acknowledgement
+        # Our QoS 1 publishes (the writer's thread) and the broker's acknowledgements of them
+        # (paho's thread): packet ids not yet acknowledged, acknowledgements that came before
+        # publish() could record their id (FIFO, bounded), publishes held back. The lock is never
+        # held while calling paho (paho holds its own while calling _on_publish).
+        self._unacked: set[int] = set()
+        self._acked_early: dict[int, None] = {}
+        self._acked = threading.Condition()
+        self._held: collections.deque[tuple[str, bytes, bool, Later]] = collections.deque()
         self.client = make_client(
             config.mqtt,
             config.client_id,
@@ -117,6 +153,7 @@ class MqttBroker:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
 
     # --- the core's Broker ---------------------------------------------------------------------
 
@@ -129,8 +166,54 @@ class MqttBroker:
     def connected(self) -> bool:
         return self._connected
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topic, payload, qos, retain)
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo | Later:
+        """Publish now, or (QoS 1, over ``MAX_UNACKED_PUBLISHES``) hold it back for ``flush()``."""
+        if qos and (self._held or not self._room()):
+            later = Later()
+            self._held.append((topic, payload, retain, later))
+            if len(self._held) % 10_000 == 0:
+                log.warning("event=publishes_held count=%d (paho's thread is behind)", len(self._held))
+            return later
+        return self._send(topic, payload, qos, retain)
+
+    def flush(self, timeout: float = 0.0) -> int:
+        """Send held publishes while there is room (waiting up to ``timeout`` s for it); how many
+        are still held. Called by the writer between rounds, and at the stop."""
+        deadline = time.monotonic() + timeout
+        while self._held:
+            if not self._room():
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._connected:
+                    break
+                with self._acked:
+                    self._acked.wait(min(left, 0.2))
+                continue
+            topic, payload, retain, later = self._held.popleft()
+            later.info = self._send(topic, payload, 1, retain)
+        return len(self._held)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def _room(self) -> bool:
+        with self._acked:
+            return len(self._unacked) < MAX_UNACKED_PUBLISHES
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> mqtt.MQTTMessageInfo:
+        info = self.client.publish(topic, payload, qos, retain)
+        if info.rc not in _QUEUED:
+            self.last_error = f"publish to {topic} failed: {mqtt.error_string(info.rc)}"
+            log.error("event=publish_failed topic=%s error=%r", topic, mqtt.error_string(info.rc))
+        elif qos:
+            with self._acked:
+                if info.mid in self._acked_early:  # its acknowledgement came first
+                    del self._acked_early[info.mid]
+                else:
+                    self._unacked.add(info.mid)
+        return info
 
     def ack(self, mid: int, qos: int, generation: int) -> bool:
         with self._lock:  # so the packet id cannot belong to a newer connection
@@ -147,7 +230,10 @@ class MqttBroker:
         self.client.loop_start()
 
     def close(self, offline_payload: bytes) -> None:
-        """Publish ``offline`` (retained), disconnect, stop paho's thread."""
+        """Send what is held back (5 s at most), publish ``offline`` (retained), disconnect, stop
+        paho's thread."""
+        if self.flush(timeout=5.0):
+            log.error("event=publishes_unsent count=%d (devices resend what is unconfirmed)", self.held)
         info = self.client.publish(self.status_topic, offline_payload, 1, True)
         if self._connected:
             with contextlib.suppress(RuntimeError, ValueError):  # disconnected: the will says offline
@@ -191,6 +277,16 @@ class MqttBroker:
             return
         log.info("event=subscribed topics=%s qos=%s", self.subscriptions, [int(r.value) for r in reasons])
         self.subscribed.set()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._acked:
+            if mid in self._unacked:
+                self._unacked.discard(mid)
+                self._acked.notify()
+            else:  # publish() has not recorded it yet, or not ours (QoS 0, the connect's status)
+                if len(self._acked_early) >= _EARLY_MAX:
+                    del self._acked_early[next(iter(self._acked_early))]  # the oldest: not ours
+                self._acked_early[mid] = None
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -184,7 +184,7 @@ class Bridge:
 
     def gauges(self) -> dict[str, Any]:
         """The writer's last published gauges (it refreshes them with each status)."""
-        return {**self._gauges, "connected": self._broker.connected}
+        return {**self._gauges, "connected": self._broker.connected, "held_publishes": self._broker.held}
 
     def stop(self) -> None:
         """Write what was received, acknowledge it, publish ``offline``, disconnect.
@@ -243,6 +243,7 @@ class Bridge:
                     core.stop()
             for write in core.writes():
                 self._writes.put(write)
+            self._broker.flush()  # confirmations held back while paho's thread was behind
             core.acknowledge()
             self._gauges = core.gauges()
             if core.finished():
