@@ -183,3 +183,18 @@ def test_samples_published_by_an_earlier_run_may_be_confirmed_after_a_restart(tm
     assert seqs(spool.peek(-1, 100)) == list(range(20, 40))
     assert [send(ledger, mid) for mid in (1, 2)] == [list(range(20, 30)), list(range(30, 40))]
     assert ledger.confirmed([[20, 39]]) == 20
+
+
+def test_a_young_batch_waits_for_the_delay_even_stamped_a_little_ahead_of_the_wall_clock(tmp_path):
+    """A stamp may be up to the clock's step tolerance ahead of time.time_ns() (it is spaced by the
+    monotonic clock); only beyond it has the wall clock stepped back, and the batch goes at once.
+    (A sample stamped 1 ms ahead once left at once despite a 600 s batching delay.)"""
+    spool = Spool(tmp_path / "s.sqlite")
+    ledger = Ledger(spool, batch_max=10)
+    spool.append([Reading(time.time_ns() + 1_000_000, {"bat_v": 12.0})])
+    assert ledger.next_batch(live_delay_s=600) is None
+    later = Spool(tmp_path / "t.sqlite")
+    later.append([Reading(time.time_ns() + 3600 * 10**9, {"bat_v": 12.0})])  # the clock stepped back
+    stepped = Ledger(later, batch_max=10).next_batch(live_delay_s=600)
+    assert stepped is not None
+    assert stepped.count == 1

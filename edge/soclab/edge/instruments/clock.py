@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 STEP = "clock_step"
 UNSYNCED = "clock_unsynced"
+# How far wall and monotonic time may part before it counts as a step; so also how far a stamp
+# may be ahead of the wall clock without one.
+STEP_TOLERANCE_NS = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,7 @@ class AcquisitionClock:
         wall_ns: Callable[[], int] | None = None,
         monotonic_ns: Callable[[], int] | None = None,
         synchronised: Callable[[], bool | None] | None = None,
-        step_tolerance_ns: int = 10_000_000,
+        step_tolerance_ns: int = STEP_TOLERANCE_NS,
         sync_check_ns: int = 1_000_000_000,
     ) -> None:
         self._wall = wall_ns or time.time_ns

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from soclab.edge.instruments.clock import STEP_TOLERANCE_NS
 from soclab.edge.publisher.ranges import SeqRanges
 from soclab.edge.spool import Spool, SpooledSamples
 
@@ -212,8 +213,10 @@ class Ledger:
         batch = self.spool.batch(self._live_cursor - 1, self.batch_max)
         if batch is None:
             return None
-        age_s = (time.time_ns() - batch.oldest_t_ns) / 1e9  # < 0 after the wall clock stepped back: go
-        if batch.count < self.batch_max and 0 <= age_s < live_delay_s:
+        # Ahead of the wall clock by more than a stamp may be (clock.STEP_TOLERANCE_NS): the wall
+        # clock stepped back, so the age means nothing: go. Within it, an ordinary young batch.
+        age_ns = time.time_ns() - batch.oldest_t_ns
+        if batch.count < self.batch_max and -STEP_TOLERANCE_NS <= age_ns < live_delay_s * 1e9:
             return None  # wait for a fuller batch
         self._live_cursor = batch.last + 1
         return batch
