@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import os
+import queue
 import signal
 import sqlite3
 import threading
@@ -25,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import paho.mqtt.client as paho
 
 from soclab.cloud.bridge import Bridge, BridgeConfig, InfluxConfig, MqttConfig
 from soclab.dev.lab.processes import Children
@@ -137,7 +141,34 @@ class Rig:
         self.start_controller()
         for device in DEVICES:
             self.wait_for(lambda d=device: self.socket(d).exists(), f"{device}'s control socket")
+        for device in (*DEVICES, "run"):
+            self.wait_online(device)
         return self
+
+    def wait_online(self, device: str, timeout: float = WAIT_S) -> None:
+        """Until ``device``'s retained status says it is up. Each process subscribes to its
+        commands before it first publishes its status, and the broker handles one connection's
+        packets in order: a command sent after this reaches it. (One sent before is lost, as for
+        any subscriber that is not there yet: ``soclab run start`` then waited 15 s in vain.)"""
+        seen: queue.Queue[dict[str, Any]] = queue.Queue()
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        client.on_message = lambda _c, _u, message: seen.put(json.loads(message.payload))
+        client.connect(self.broker.host, self.broker.port)
+        client.loop_start()
+        try:
+            client.subscribe(f"soclab/{self.site}/{self.node}/{device}/status", qos=1)
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{device}: no status other than offline within {timeout} s"
+                try:
+                    if seen.get(timeout=left).get("state") != "offline":
+                        return
+                except queue.Empty:
+                    pass
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def close(self) -> None:
         self.children.stop_all()
